@@ -1,0 +1,99 @@
+# labkit — `make lab` opens the lab, `make test` runs every check. Both run `setup` first.
+#
+# setup: system packages (apt, only what is missing), .venv from the system python3,
+# `pip install -e .[test]`, and both native modules (release + sanitizer). Stamp files in
+# build/stamps/ make a second run take a moment; editing native/ rebuilds the modules.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := lab
+.DELETE_ON_ERROR:
+
+# The system interpreter, not one from PATH: Debian's python3-dev matches it, and a
+# fresh machine has no other.
+PYTHON_SYS ?= /usr/bin/python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := build/stamps
+NATIVE_SRC := $(wildcard native/include/*.h native/src/*.c native/src/*.h) labkit/build.py
+LAB_PORT ?= 8888
+START_NOTEBOOK := notebooks/00-start-here.ipynb
+
+APT_PACKAGES := build-essential pkg-config python3 python3-venv python3-dev liburing-dev \
+	libssl-dev libsodium-dev libffi-dev clang procps iproute2 user-mode-linux chromium
+# perf ships as linux-perf on Debian and linux-tools-generic on Ubuntu; either, if offered.
+PERF_PACKAGES := linux-perf linux-tools-generic
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -q -y
+
+# The sanitizer pass: conformance and parser tests against labkit._native_asan.
+SANITIZE_TESTS ?= tests/conformance $(wildcard tests/test_*pars*.py)
+
+.PHONY: setup lab test clean
+
+setup: $(STAMPS)/apt $(STAMPS)/venv build/native-release/build.json build/native-asan/build.json
+
+$(STAMPS)/apt: Makefile
+	@installed() { dpkg-query -W -f='$${Status}' "$$1" 2>/dev/null | grep -q 'ok installed'; }; \
+	missing=""; \
+	for p in $(APT_PACKAGES); do installed "$$p" || missing="$$missing $$p"; done; \
+	perf_missing=1; \
+	for p in $(PERF_PACKAGES); do installed "$$p" && perf_missing=0; done; \
+	if [ -n "$$missing" ] || [ "$$perf_missing" = 1 ]; then \
+	  if [ -n "$(SUDO)" ] && ! command -v sudo >/dev/null; then \
+	    echo "setup: need root or sudo to install:$$missing" >&2; exit 1; fi; \
+	  echo "setup: apt-get update"; \
+	  $(APT) update; \
+	  if [ "$$perf_missing" = 1 ]; then \
+	    for p in $(PERF_PACKAGES); do \
+	      if apt-cache show "$$p" >/dev/null 2>&1; then missing="$$missing $$p"; break; fi; \
+	    done; \
+	  fi; \
+	  if [ -n "$$missing" ]; then \
+	    echo "setup: apt-get install$$missing"; \
+	    $(APT) install --no-install-recommends $$missing; \
+	  fi; \
+	fi
+	@mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/venv: pyproject.toml setup.py | $(STAMPS)/apt
+	@$(PYTHON_SYS) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "setup: labkit needs Python >= 3.11; $(PYTHON_SYS) is $$($(PYTHON_SYS) -V 2>&1)." \
+	       "Set PYTHON_SYS=/path/to/python3.11+" >&2; exit 1; }
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install --progress-bar off -q --upgrade pip
+	$(PY) -m pip install --progress-bar off -e '.[test]'
+	@touch $@
+
+# pip's build above also made labkit._native; this rebuilds it whenever native/ changes
+# and checks that the result loads (build.json records every compiler command).
+build/native-release/build.json: $(STAMPS)/venv $(NATIVE_SRC)
+	$(PY) -m labkit.build
+
+build/native-asan/build.json: $(STAMPS)/venv $(NATIVE_SRC)
+	$(PY) -m labkit.build --sanitize
+
+lab: setup
+	@token=$$($(PY) -c 'import secrets; print(secrets.token_hex(24))'); \
+	url="http://127.0.0.1:$(LAB_PORT)/lab/tree/$(START_NOTEBOOK)?token=$$token"; \
+	printf '\n  labkit lab: open this URL in your browser (Ctrl-C here stops the lab)\n'; \
+	printf '    %s\n\n' "$$url"; \
+	exec $(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --port=$(LAB_PORT) \
+	  --ServerApp.port_retries=0 --IdentityProvider.token="$$token" \
+	  --ServerApp.default_url=/lab/tree/$(START_NOTEBOOK) \
+	  $(if $(filter 0,$(shell id -u)),--allow-root)
+
+# Three passes; the first failure stops make with a non-zero exit. The sanitizer pass
+# preloads gcc's ASan/UBSan runtimes into python (the instrumented module cannot load
+# otherwise), turns leak detection off (CPython never frees everything at exit), and
+# uses plain malloc so Python buffers handed to C get ASan redzones.
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+	LABKIT_SANITIZE=1 ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
+	  LD_PRELOAD="$$($(PY) -c 'from labkit.build import sanitizer_preload as p; print(p())')" \
+	  $(PY) -m pytest $(SANITIZE_TESTS)
+
+clean:
+	rm -rf $(VENV) build labkit/_native*.so labkit.egg-info .pytest_cache .ruff_cache
+	find labkit tests -name __pycache__ -prune -exec rm -rf {} +

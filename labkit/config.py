@@ -1,0 +1,358 @@
+"""Relay configuration: validated, serialisable, and mapped to the C struct in one place.
+
+`RelayConfig` is what a notebook, the CLI (`labkit relay ...`) and stored results share:
+`to_args()`/`from_args()` round-trip through the command line that starts a relay
+process, `to_dict()` is what a result records, and `to_c()` fills `lk_relay_config`.
+Nothing here imports the native module, so a config can be built and checked in a kernel
+that has not built it yet.
+"""
+
+import argparse
+import dataclasses
+import ipaddress
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+from labkit import keys
+
+IO_MODES = ("epoll", "uring")
+TLS_MODES = ("off", "user", "ktls")
+ASSIGN_MODES = ("hash", "round_robin")
+SWITCHES = (
+    "batch", "multishot", "provided_buffers", "coalesce", "sqpoll", "defer_taskrun",
+    "single_issuer",
+)
+URING_ONLY = frozenset(SWITCHES) - {"coalesce"}
+# What an unset (None) switch means in each mode. io_uring's defaults are the
+# optimisations that cost nothing at idle; sqpoll spins a kernel thread and
+# defer_taskrun/single_issuer constrain threading, so they stay opt-in.
+MODE_DEFAULTS: dict[str, dict[str, bool]] = {
+    "uring": {
+        "batch": True, "multishot": True, "provided_buffers": True, "coalesce": True,
+        "sqpoll": False, "defer_taskrun": False, "single_issuer": False,
+    },
+    "epoll": dict.fromkeys(SWITCHES, False),
+}
+MAX_WORKERS = 64  # LK_MAX_WORKERS in labkit.h (tests/test_config.py checks they agree)
+_MAX_SECONDS = (2**32 - 1) / 1000  # the C struct holds milliseconds in a uint32_t
+# The C relay's own limits (native/src/relay.c validate()), checked here too so the
+# message names the Python field rather than a struct member.
+_POOL_LIMITS = {
+    "queue_depth": (1, 65536),
+    "max_conns": (1, 1 << 20),
+    "pool_packets": (64, 2**32 - 1),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration the relay cannot run; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: the kernel picks a free port; the relay reports it
+    io: Literal["epoll", "uring"] = "epoll"
+    tls: Literal["off", "user", "ktls"] = "off"
+    workers: int = 1
+    # Optimisation switches; None means the io mode's default (MODE_DEFAULTS).
+    batch: bool | None = None
+    multishot: bool | None = None
+    provided_buffers: bool | None = None
+    coalesce: bool | None = None
+    sqpoll: bool | None = None
+    defer_taskrun: bool | None = None
+    single_issuer: bool | None = None
+    pin_cpus: bool = False
+    assign: Literal["hash", "round_robin"] = "hash"
+    cert_file: str | None = None  # None in a TLS mode: a fresh self-signed pair
+    key_file: str | None = None
+    key_file_relay: str | None = None  # node key file; None (and no private_key): random key
+    private_key: str | None = None  # node key as 64 hex digits
+    mesh_key_file: str | None = None
+    handshake_timeout: float = 10.0
+    write_timeout: float = 2.0  # 0: no per-destination write deadline
+    keepalive: float = 60.0
+    queue_depth: int = 32
+    max_conns: int = 4096
+    pool_packets: int = 16384
+
+    def __post_init__(self) -> None:
+        # Paths are stored as str so to_dict()/to_args() need no conversion.
+        for name in ("cert_file", "key_file", "key_file_relay", "mesh_key_file"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
+
+    def replace(self, **changes: Any) -> "RelayConfig":
+        return dataclasses.replace(self, **changes)
+
+    def switches(self) -> dict[str, bool]:
+        """Every switch resolved: the explicit value, else the io mode's default."""
+        defaults = MODE_DEFAULTS.get(self.io, MODE_DEFAULTS["epoll"])
+        return {
+            s: defaults[s] if getattr(self, s) is None else bool(getattr(self, s))
+            for s in SWITCHES
+        }
+
+    # ---- validation ------------------------------------------------------------
+
+    def validate(self) -> "RelayConfig":
+        """Raise ConfigError listing every problem and its fix; return self when valid."""
+        problems = self._problems()
+        if problems:
+            raise ConfigError("invalid relay config:\n  - " + "\n  - ".join(problems))
+        return self
+
+    def _problems(self) -> list[str]:
+        p: list[str] = []
+        for name, choices in (("io", IO_MODES), ("tls", TLS_MODES), ("assign", ASSIGN_MODES)):
+            if getattr(self, name) not in choices:
+                p.append(f"{name}={getattr(self, name)!r} is not known: choose one of "
+                         + ", ".join(repr(c) for c in choices))
+        if self.host != "localhost":
+            try:
+                ipaddress.ip_address(self.host)
+            except ValueError:
+                p.append(f"host={self.host!r} is not an IP address: use 127.0.0.1 (this "
+                         "machine only) or another address of this machine")
+        if not _is_int(self.port) or not 0 <= self.port <= 65535:
+            p.append(f"port={self.port!r} must be an integer 0..65535 (0 = any free port)")
+        if not _is_int(self.workers) or not 1 <= self.workers <= MAX_WORKERS:
+            p.append(f"workers={self.workers!r} must be an integer 1..{MAX_WORKERS}")
+        for s in SWITCHES:
+            value = getattr(self, s)
+            if value is not None and not isinstance(value, bool):
+                p.append(f"{s}={value!r} must be True, False or None (the io mode's default)")
+            elif value is True and s in URING_ONLY and self.io == "epoll":
+                p.append(f"{s}=True applies to io_uring only: set io='uring' or leave {s} unset")
+        if not isinstance(self.pin_cpus, bool):
+            p.append(f"pin_cpus={self.pin_cpus!r} must be True or False")
+        p += self._tls_problems()
+        p += self._key_problems()
+        for name, minimum in (("handshake_timeout", 0.0), ("keepalive", 0.0)):
+            value = getattr(self, name)
+            if not _is_number(value) or not minimum < value <= _MAX_SECONDS:
+                p.append(f"{name}={value!r} must be seconds > 0 (default "
+                         f"{_default(name)})")
+        if not _is_number(self.write_timeout) or not 0 <= self.write_timeout <= _MAX_SECONDS:
+            p.append(f"write_timeout={self.write_timeout!r} must be seconds >= 0 "
+                     "(0 = no write deadline)")
+        for name, (low, high) in _POOL_LIMITS.items():
+            value = getattr(self, name)
+            if not _is_int(value) or not low <= value <= high:
+                p.append(f"{name}={value!r} must be an integer {low}..{high} (default "
+                         f"{_default(name)})")
+        return p
+
+    def _tls_problems(self) -> list[str]:
+        given = [n for n in ("cert_file", "key_file") if getattr(self, n) is not None]
+        if not given:
+            return []
+        if self.tls == "off":
+            return [f"{' and '.join(given)} only apply with TLS: set tls='user' or drop them"]
+        if len(given) == 1:
+            return ["give both cert_file and key_file, or neither (then a self-signed pair "
+                    "is made)"]
+        p = []
+        for name in ("cert_file", "key_file"):
+            path = getattr(self, name)
+            try:
+                with open(path, "rb") as f:
+                    head = f.read(1 << 16)
+            except OSError as e:
+                p.append(f"{name} {path!r} cannot be read ({e.strerror}): fix the path or its "
+                         "permissions, or leave cert_file/key_file unset for a self-signed pair")
+                continue
+            if b"-----BEGIN " not in head:
+                p.append(f"{name} {path!r} is not PEM (no '-----BEGIN' line): convert it with "
+                         "openssl, or leave cert_file/key_file unset")
+        return p
+
+    def _key_problems(self) -> list[str]:
+        p = []
+        if self.key_file_relay is not None and self.private_key is not None:
+            p.append("give key_file_relay or private_key, not both")
+        if self.private_key is not None:
+            try:
+                keys.parse_hex_key(str(self.private_key), "private_key")
+            except keys.KeyFormatError as e:
+                p.append(f"{e}: generate one with `openssl rand -hex 32`, or leave it unset")
+        if self.key_file_relay is not None:
+            try:
+                keys.load_private_key(self.key_file_relay)
+            except OSError as e:
+                p.append(f"key_file_relay {self.key_file_relay!r} cannot be read ({e.strerror})")
+            except keys.KeyFormatError as e:
+                p.append(f"key_file_relay: {e} (or a derper JSON config with PrivateKey)")
+        if self.mesh_key_file is not None:
+            try:
+                keys.load_mesh_key(self.mesh_key_file)
+            except OSError as e:
+                p.append(f"mesh_key_file {self.mesh_key_file!r} cannot be read ({e.strerror})")
+            except keys.KeyFormatError as e:
+                p.append(f"mesh_key_file: {e}: write one with `openssl rand -hex 32 > FILE`")
+        return p
+
+    # ---- serialisation ----------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for storage, with switches resolved: a result must say what ran,
+        not that a default did."""
+        return dataclasses.asdict(self) | self.switches()
+
+    def to_args(self) -> list[str]:
+        """Command-line arguments for `labkit relay` that from_args() turns back into self.
+        Only fields that differ from the defaults are written."""
+        args = ["--listen", _format_listen(self.host, self.port)]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("host", "port") or value == f.default:
+                continue
+            flag = "--" + _FLAG_NAMES.get(f.name, f.name).replace("_", "-")
+            if f.name in SWITCHES:
+                args.append(flag if value else f"--no-{flag[2:]}")
+            elif f.name == "pin_cpus":
+                args.append(flag)
+            else:
+                args += [flag, str(value)]
+        return args
+
+    @classmethod
+    def from_args(cls, argv: list[str]) -> "RelayConfig":
+        """Parse `labkit relay` arguments; bad syntax raises ConfigError (never exits)."""
+        parser = _RaisingParser(prog="labkit relay", add_help=False)
+        add_arguments(parser)
+        return from_namespace(parser.parse_args(argv))
+
+    # ---- the C side -------------------------------------------------------------
+
+    def resolve_private_key(self) -> bytes:
+        """The node key this config names: private_key, key_file_relay, or a fresh one."""
+        if self.private_key is not None:
+            return keys.clamp(keys.parse_hex_key(self.private_key, "private_key"))
+        if self.key_file_relay is not None:
+            return keys.load_private_key(self.key_file_relay)
+        return keys.generate_private_key()
+
+    def to_c(self, ffi: Any, lib: Any, *, listen_fd: int, ready_fd: int,
+             private_key: bytes, shm_name: str | None, cert_file: str | None,
+             key_file: str | None) -> tuple[Any, list[Any]]:
+        """Fill an `lk_relay_config` (the one place that knows its fields).
+
+        Returns (cfg, keepalive): the C struct points into the keepalive objects, which the
+        caller must hold until lk_relay_run returns.
+        """
+        cfg = ffi.new("lk_relay_config *")
+        lib.lk_relay_config_defaults(cfg)
+        keepalive: list[Any] = [cfg]
+
+        def cstr(s: str | None) -> Any:
+            if s is None:
+                return ffi.NULL
+            buf = ffi.new("char[]", os.fsencode(s))
+            keepalive.append(buf)
+            return buf
+
+        cfg.listen_fd = listen_fd
+        cfg.ready_fd = ready_fd
+        cfg.io = {"epoll": lib.LK_IO_EPOLL, "uring": lib.LK_IO_URING}[self.io]
+        cfg.tls = {"off": lib.LK_TLS_OFF, "user": lib.LK_TLS_USER, "ktls": lib.LK_TLS_KTLS}[
+            self.tls
+        ]
+        cfg.workers = self.workers
+        bits = 0
+        for name, on in self.switches().items():
+            if on:
+                bits |= getattr(lib, "LK_SW_" + name.upper())
+        if self.pin_cpus:
+            bits |= lib.LK_SW_PIN_CPUS
+        if self.assign == "round_robin":
+            bits |= lib.LK_SW_ROUND_ROBIN
+        cfg.switches = bits
+        cfg.cert_file = cstr(cert_file)
+        cfg.key_file = cstr(key_file)
+        ffi.memmove(cfg.private_key, private_key, keys.KEY_LEN)
+        if self.mesh_key_file is not None:
+            cfg.has_mesh_key = 1
+            ffi.memmove(cfg.mesh_key, keys.load_mesh_key(self.mesh_key_file), keys.KEY_LEN)
+        cfg.shm_name = cstr(shm_name)
+        cfg.handshake_timeout_ms = round(self.handshake_timeout * 1000)
+        cfg.write_timeout_ms = round(self.write_timeout * 1000)
+        cfg.keepalive_ms = round(self.keepalive * 1000)
+        cfg.queue_depth = self.queue_depth
+        cfg.max_conns = self.max_conns
+        cfg.pool_packets = self.pool_packets
+        return cfg, keepalive
+
+
+# ---- command line ----------------------------------------------------------------
+
+# Fields whose flag is not simply the field name: --cert/--key follow derper.
+_FLAG_NAMES = {"cert_file": "cert", "key_file": "key", "key_file_relay": "relay_key_file"}
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise ConfigError(f"labkit relay: {message}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `labkit relay` options (shared by the CLI and RelayConfig.from_args)."""
+    d = RelayConfig()
+    parser.add_argument("--listen", default=_format_listen(d.host, d.port),
+                        metavar="HOST:PORT", help="address to bind (default %(default)s)")
+    parser.add_argument("--io", default=d.io, help=f"one of {', '.join(IO_MODES)}")
+    parser.add_argument("--tls", default=d.tls, help=f"one of {', '.join(TLS_MODES)}")
+    parser.add_argument("--workers", type=int, default=d.workers)
+    for s in SWITCHES:
+        parser.add_argument("--" + s.replace("_", "-"), dest=s,
+                            action=argparse.BooleanOptionalAction, default=None,
+                            help="uring only" if s in URING_ONLY else None)
+    parser.add_argument("--pin-cpus", action="store_true")
+    parser.add_argument("--assign", default=d.assign, help=f"one of {', '.join(ASSIGN_MODES)}")
+    parser.add_argument("--cert", dest="cert_file", metavar="FILE", help="PEM certificate")
+    parser.add_argument("--key", dest="key_file", metavar="FILE", help="PEM private key")
+    parser.add_argument("--relay-key-file", dest="key_file_relay", metavar="FILE",
+                        help="node key: derper config JSON or 64 hex digits")
+    parser.add_argument("--private-key", metavar="HEX",
+                        help="node key, 64 hex digits (visible in ps: lab keys only)")
+    parser.add_argument("--mesh-key-file", metavar="FILE", help="64 hex digits")
+    parser.add_argument("--handshake-timeout", type=float, default=d.handshake_timeout,
+                        metavar="S")
+    parser.add_argument("--write-timeout", type=float, default=d.write_timeout, metavar="S")
+    parser.add_argument("--keepalive", type=float, default=d.keepalive, metavar="S")
+    parser.add_argument("--queue-depth", type=int, default=d.queue_depth)
+    parser.add_argument("--max-conns", type=int, default=d.max_conns)
+    parser.add_argument("--pool-packets", type=int, default=d.pool_packets)
+
+
+def from_namespace(ns: argparse.Namespace) -> RelayConfig:
+    host, port = _parse_listen(ns.listen)
+    values = {f.name: getattr(ns, f.name) for f in fields(RelayConfig)
+              if f.name not in ("host", "port")}
+    return RelayConfig(host=host, port=port, **values)
+
+
+def _format_listen(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"--listen {text!r} must be HOST:PORT, e.g. 127.0.0.1:0 or [::1]:3340")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _default(name: str) -> Any:
+    return next(f.default for f in fields(RelayConfig) if f.name == name)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)

@@ -1,0 +1,286 @@
+"""Start, watch and stop a relay process from Python (a notebook or a test).
+
+    with Relay(RelayConfig(io="epoll")) as relay:
+        ...connect to relay.host, relay.port...
+        relay.counters()["packets_forwarded"]
+
+The relay never runs in the caller's process: a crash cannot take the kernel down, and
+perf, /proc and py-spy see the relay alone. It is stopped by pid (SIGTERM, then SIGKILL
+after a grace period), never by name.
+"""
+
+import collections
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from typing import IO, Any
+
+from labkit.config import RelayConfig
+
+STDERR_TAIL_LINES = 200
+
+
+class RelayError(RuntimeError):
+    """The relay process did not start or did not behave."""
+
+
+class RelayCrashed(RelayError):
+    """The relay process exited when it should have been running."""
+
+    def __init__(self, exitcode: int | None, stderr_tail: str, what: str = "exited") -> None:
+        self.exitcode = exitcode
+        self.stderr_tail = stderr_tail
+        how = f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 \
+            else f"exit code {exitcode}"
+        tail = stderr_tail.rstrip() or "(no stderr)"
+        super().__init__(f"relay {what} ({how}); stderr tail:\n{tail}")
+
+
+class RelayStartTimeout(RelayError):
+    """The relay did not report that it listens within start_timeout."""
+
+
+def sanitizer_env() -> dict[str, str]:
+    """Environment for a child that loads labkit._native_asan."""
+    from labkit.build import sanitizer_preload
+
+    return {
+        "LABKIT_SANITIZE": "1",
+        "LD_PRELOAD": sanitizer_preload(),
+        # Python's own allocations are never freed at exit: leak reports would be noise.
+        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0",
+    }
+
+
+class _Tail:
+    """A drained pipe's last lines. Draining matters: a full pipe would block the relay."""
+
+    def __init__(self, stream: IO[bytes], name: str) -> None:
+        self._lines: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._drain, args=(stream,), name=name,
+                                        daemon=True)
+        self._thread.start()
+
+    def _drain(self, stream: IO[bytes]) -> None:
+        with stream:
+            for raw in stream:
+                with self._lock:
+                    self._lines.append(raw.decode(errors="replace"))
+
+    def text(self) -> str:
+        with self._lock:
+            return "".join(self._lines)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+def _stop_pid(proc: subprocess.Popen[bytes], grace: float) -> int:
+    """SIGTERM, wait up to grace, SIGKILL; returns the exit code. Signals go to proc's pid
+    only, and only while it is unreaped (so the pid cannot belong to another process)."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            return proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+    return proc.wait()
+
+
+class Relay:
+    """A relay process for `cfg`: started by start() or `with`, stopped by stop()."""
+
+    def __init__(self, cfg: RelayConfig, *, start_timeout: float = 10.0,
+                 stop_grace: float = 3.0, env: dict[str, str] | None = None) -> None:
+        self.cfg = cfg.validate()  # ConfigError here, before any process exists
+        self.start_timeout = start_timeout
+        self.stop_grace = stop_grace
+        self._env = env or {}
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: _Tail | None = None
+        self._stdout: _Tail | None = None
+        self._shm: Any = None
+        self._crash_reported = False
+        self._finalizer: weakref.finalize | None = None
+        self.info: dict[str, Any] = {}
+
+    # ---- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> "Relay":
+        if self._proc is not None:
+            raise RelayError("this Relay was already started; make a new one")
+        env = dict(os.environ) | self._env
+        if env.get("LABKIT_SANITIZE") == "1":
+            env |= sanitizer_env() | self._env
+        # A new session: Ctrl-C in a notebook interrupts the cell, not the relay.
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "labkit", "relay", *self.cfg.to_args()],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env, start_new_session=True,
+        )
+        # If the caller forgets stop(), the relay still goes when this object or the
+        # interpreter does.
+        self._finalizer = weakref.finalize(self, _stop_pid, self._proc, self.stop_grace)
+        self._stderr = _Tail(self._proc.stderr, f"relay-{self._proc.pid}-stderr")
+        try:
+            line = self._read_announcement()
+        except BaseException:
+            self._finalizer()
+            self._unlink_shm()
+            raise
+        self.info = json.loads(line)
+        self._stdout = _Tail(self._proc.stdout, f"relay-{self._proc.pid}-stdout")
+        return self
+
+    def _read_announcement(self) -> bytes:
+        assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        deadline = time.monotonic() + self.start_timeout
+        buf = b""
+        while not buf.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise RelayStartTimeout(
+                    f"relay pid {self._proc.pid} did not report listening within "
+                    f"{self.start_timeout} s; stderr tail:\n{self.stderr_tail}"
+                )
+            # os.read, not the buffered file: select must see every byte still unread.
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                code = self._proc.wait()
+                assert self._stderr is not None
+                self._stderr.join(self.stop_grace)
+                self._crash_reported = True
+                raise RelayCrashed(code, self.stderr_tail, "exited before it was ready")
+            buf += chunk
+        return buf
+
+    def stop(self) -> int | None:
+        """Stop the relay (SIGTERM, then SIGKILL after stop_grace); return its exit code
+        (negative: the signal that ended it; None: never started). Safe to call twice."""
+        if self._proc is None:
+            return None
+        if self._shm is not None:
+            self._shm.close()
+            self._shm = None
+        assert self._finalizer is not None
+        self._finalizer()
+        code = self._proc.wait()
+        for tail in (self._stderr, self._stdout):
+            if tail is not None:
+                tail.join(self.stop_grace)
+        self._unlink_shm()
+        return code
+
+    def check(self) -> None:
+        """Raise RelayCrashed if the relay process is no longer running."""
+        if self._proc is None:
+            raise RelayError("relay not started")
+        code = self._proc.poll()
+        if code is not None:
+            assert self._stderr is not None
+            self._stderr.join(self.stop_grace)
+            self._crash_reported = True
+            raise RelayCrashed(code, self.stderr_tail)
+
+    def _unlink_shm(self) -> None:
+        # A relay that was killed could not remove its counter region; nobody else will.
+        name = self.info.get("shm")
+        if name:
+            try:
+                os.unlink(os.path.join("/dev/shm", name.lstrip("/")))
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self) -> "Relay":
+        return self.start()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        code = self.stop()
+        # A relay that failed its clean stop (error exit, sanitizer report, hang) fails the
+        # with-block, unless a crash was already reported or another error is propagating.
+        if exc_type is None and code != 0 and not self._crash_reported:
+            raise RelayCrashed(code, self.stderr_tail, "did not stop cleanly")
+
+    # ---- what the relay reported --------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        return int(self.info["pid"])
+
+    @property
+    def host(self) -> str:
+        return str(self.info["host"])
+
+    @property
+    def port(self) -> int:
+        return int(self.info["port"])
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes.fromhex(self.info["public_key"])
+
+    @property
+    def tls(self) -> str:
+        return str(self.info["tls"])
+
+    @property
+    def io(self) -> str:
+        return str(self.info["io"])
+
+    @property
+    def workers(self) -> int:
+        return int(self.info["workers"])
+
+    @property
+    def cert_file(self) -> str | None:
+        return self.info["cert_file"]
+
+    @property
+    def shm_name(self) -> str:
+        return str(self.info["shm"])
+
+    @property
+    def stderr_tail(self) -> str:
+        return self._stderr.text() if self._stderr else ""
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll() if self._proc else None
+
+    # ---- counters -----------------------------------------------------------------
+
+    def worker_counters(self) -> list[dict[str, Any]]:
+        """Per-worker counters from the relay's shared memory (see labkit.counters.shm)."""
+        if self._shm is None:
+            from labkit.counters.shm import ShmCounters  # loads the native module
+
+            self._shm = ShmCounters(self.shm_name)
+        return self._shm.snapshot()
+
+    def counters(self) -> dict[str, int]:
+        """Counters and gauges summed over workers (high-water gauges: the maximum)."""
+        total: dict[str, int] = {}
+        for row in self.worker_counters():
+            for name, value in row.items():
+                if not isinstance(value, int) or name == "ns":
+                    continue
+                if name.endswith("_max"):
+                    total[name] = max(total.get(name, 0), value)
+                else:
+                    total[name] = total.get(name, 0) + value
+        return total
+
+    def __repr__(self) -> str:
+        if not self.info:
+            return f"Relay({self.cfg.io}, not running)"
+        state = "running" if self.returncode is None else f"exited {self.returncode}"
+        return (f"Relay(pid={self.pid}, {self.host}:{self.port}, io={self.io}, "
+                f"tls={self.tls}, workers={self.workers}, {state})")

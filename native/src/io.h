@@ -1,0 +1,56 @@
+/* io.h — the seam between the protocol core and an I/O backend.
+ *
+ * A backend (epoll, io_uring) owns the kernel side: accepting, receiving,
+ * sending, closing.  It hands received bytes to the core with
+ * lk_core_received() and asks the core what to send with lk_core_gather();
+ * the core never touches a socket.  Readiness (epoll) and completion
+ * (io_uring) models both fit: epoll calls gather/sent inside one flush,
+ * io_uring calls gather when it queues a send and sent when it completes. */
+#ifndef LK_IO_H
+#define LK_IO_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+struct lk_worker;
+struct lk_conn;
+
+typedef struct lk_io_ops {
+    const char *name;
+    /* Create the worker's instance; the worker accepts on relay->listen_fd
+     * when it is the acceptor. */
+    int (*init)(struct lk_worker *w);
+    void (*destroy)(struct lk_worker *w);
+    /* Start receiving on a new connection. */
+    int (*add_conn)(struct lk_worker *w, struct lk_conn *c);
+    /* The core queued output for c: send now or when the socket allows. */
+    void (*flush)(struct lk_worker *w, struct lk_conn *c);
+    /* Tear down c's kernel side; call lk_core_release() once nothing refers to it. */
+    void (*close_conn)(struct lk_worker *w, struct lk_conn *c);
+    /* One loop pass: wait up to timeout_ms (-1 forever) and dispatch. */
+    int (*wait)(struct lk_worker *w, int timeout_ms);
+    /* Wake the worker from another thread or a signal handler. */
+    void (*wake)(struct lk_worker *w);
+} lk_io_ops;
+
+extern const lk_io_ops lk_io_epoll;
+extern const lk_io_ops lk_io_uring;
+
+/* ---- core entry points for backends (worker.c) ---- */
+struct sockaddr_storage;
+void lk_core_accepted(struct lk_worker *w, int fd, const struct sockaddr_storage *addr);
+void lk_core_received(struct lk_worker *w, struct lk_conn *c, const uint8_t *data, size_t n);
+/* EOF (err 0) or a receive/send error (err = errno): close c. */
+void lk_core_io_error(struct lk_worker *w, struct lk_conn *c, int err);
+/* Fill iov with what c should send next; returns the count (0: nothing).
+ * `max` 1 gives the classic one-frame-per-send writer. */
+int lk_core_gather(struct lk_worker *w, struct lk_conn *c, struct iovec *iov, int max);
+/* n bytes of the last gathered iov were sent. */
+void lk_core_sent(struct lk_worker *w, struct lk_conn *c, size_t n);
+void lk_core_release(struct lk_worker *w, struct lk_conn *c);
+/* Look up a conn from a backend token (slot | gen << 32); NULL if stale. */
+struct lk_conn *lk_core_conn_from_token(struct lk_worker *w, uint64_t token);
+uint64_t lk_core_conn_token(const struct lk_conn *c);
+
+#endif

@@ -1,0 +1,36 @@
+/* tls.h — userspace TLS (OpenSSL 3, TLS 1.3) over memory, not sockets.
+ *
+ * The relay's backends do every socket operation themselves (so the syscall
+ * counters are honest and io_uring can carry TLS traffic too); OpenSSL only
+ * transforms bytes: ciphertext in -> plaintext out, plaintext in ->
+ * ciphertext queued in `out`. */
+#ifndef LK_TLS_H
+#define LK_TLS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "conn.h"
+
+typedef struct lk_tls_ctx lk_tls_ctx;
+typedef struct lk_tls_conn lk_tls_conn;
+
+int lk_tls_ctx_create(lk_tls_ctx **out, const char *cert_file, const char *key_file);
+void lk_tls_ctx_free(lk_tls_ctx *ctx);
+
+lk_tls_conn *lk_tls_conn_new(lk_tls_ctx *ctx);
+void lk_tls_conn_free(lk_tls_conn *t);
+
+/* Hand the conn ciphertext just received.  Then call lk_tls_handshake()
+ * until it returns 1, and afterwards lk_tls_read() until it returns 0. */
+void lk_tls_input(lk_tls_conn *t, const uint8_t *data, size_t n);
+/* 1 done, 0 needs more input, -1 failed. */
+int lk_tls_handshake(lk_tls_conn *t);
+/* Plaintext bytes (> 0), 0 when the input is used up, -1 closed or broken. */
+int lk_tls_read(lk_tls_conn *t, uint8_t *buf, size_t cap);
+/* Encrypt; ciphertext is appended to lk_tls_out().  0 or -1. */
+int lk_tls_write(lk_tls_conn *t, const uint8_t *data, size_t n);
+/* Ciphertext waiting to be sent (records made by handshake or writes). */
+lk_bytes *lk_tls_out(lk_tls_conn *t);
+
+#endif
