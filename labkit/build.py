@@ -232,7 +232,8 @@ def _python_flags() -> tuple[list[str], list[str]]:
 
 def _check_loads(variant: Variant, root: Path) -> None:
     """Import the fresh module in a child python, so a missing symbol fails the build here."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    path = [str(root), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
     if variant.link_flags:
         env["LD_PRELOAD"] = sanitizer_preload()
         env["ASAN_OPTIONS"] = "detect_leaks=0"

@@ -52,7 +52,9 @@ def load_private_key(path: str | Path) -> bytes:
         try:
             text = str(json.loads(text).get("PrivateKey", ""))
         except (json.JSONDecodeError, AttributeError):
-            raise KeyFormatError(f"{path}: not a derper config (JSON object with PrivateKey)") from None
+            raise KeyFormatError(
+                f"{path}: not a derper config (a JSON object with PrivateKey)"
+            ) from None
     text = text.removeprefix("privkey:")
     return clamp(parse_hex_key(text, f"private key in {path}"))
 

@@ -179,6 +179,12 @@ class Relay:
         self._unlink_shm()
         return code
 
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the relay to exit by itself; its exit code, or TimeoutExpired."""
+        if self._proc is None:
+            raise RelayError("relay not started")
+        return self._proc.wait(timeout)
+
     def check(self) -> None:
         """Raise RelayCrashed if the relay process is no longer running."""
         if self._proc is None:

@@ -88,3 +88,23 @@ def connect() -> Iterator[Callable[..., derp.Client]]:
     yield _connect
     for c in clients:
         c.close()
+
+
+_relay_deaths: dict[int, str] = {}  # id(shared relay) -> test during which it died
+
+
+@pytest.fixture(autouse=True)
+def _shared_relay_alive(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Name the test during which a shared relay died, and fail later tests fast."""
+    if "relay" not in request.fixturenames:
+        yield
+        return
+    r = request.getfixturevalue("relay")
+    if id(r) in _relay_deaths:
+        pytest.fail(f"the shared relay died earlier, during {_relay_deaths[id(r)]}")
+    yield
+    if r.returncode is not None:
+        _relay_deaths[id(r)] = request.node.nodeid
+        pytest.fail(
+            f"relay exited with code {r.returncode} during this test; stderr tail:\n{r.stderr_tail}"
+        )

@@ -4,6 +4,7 @@
 #define LK_CONN_H
 
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 #include "frame.h"
@@ -106,6 +107,7 @@ typedef struct lk_conn {
     uint32_t io_refs;           /* operations the kernel still holds */
     uint8_t send_busy;          /* a send is in flight / EPOLLOUT armed */
     uint8_t *io_buf;            /* io_uring per-connection receive buffer */
+    struct msghdr io_msg;       /* io_uring: the vectored send in flight */
 
     struct lk_conn *all_next, *all_prev;  /* every live conn, for timer scans */
 } lk_conn;

@@ -320,6 +320,9 @@ static void apply_heads(const struct heads *h, lk_http_request *req)
     }
 }
 
+/* *req is meaningful only after a positive return.  The whole head is
+ * rescanned on each call; callers feeding it byte by byte pay O(n^2) in the
+ * head length, which max_head bounds. */
 int lk_http_parse_request(const uint8_t *data, size_t len, size_t max_head,
                           lk_http_request *req)
 {

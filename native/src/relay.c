@@ -57,6 +57,9 @@ static int validate(const lk_relay_config *cfg)
         return lk_fail(LK_ERR_CONFIG, "max_conns must be 1..1048576, not %u", cfg->max_conns);
     if (cfg->pool_packets < 64)
         return lk_fail(LK_ERR_CONFIG, "pool_packets must be at least 64, not %u", cfg->pool_packets);
+    if ((cfg->switches & LK_SW_MULTISHOT) && !(cfg->switches & LK_SW_PROVIDED_BUFFERS))
+        return lk_fail(LK_ERR_CONFIG, "multishot recv needs provided_buffers: the kernel picks "
+                                      "a buffer per completion");
     uint32_t epoll_ok = LK_SW_COALESCE | LK_SW_PIN_CPUS | LK_SW_ROUND_ROBIN;
     if (cfg->io == LK_IO_EPOLL && (cfg->switches & ~epoll_ok))
         return lk_fail(LK_ERR_CONFIG, "switches 0x%x apply to io_uring only",
@@ -67,8 +70,6 @@ static int validate(const lk_relay_config *cfg)
 /* Capabilities this build does not have yet are refused, never ignored. */
 static int check_supported(const lk_relay_config *cfg)
 {
-    if (cfg->io == LK_IO_URING)
-        return lk_fail(LK_ERR_UNSUPPORTED, "the io_uring backend is not part of this build");
     if (cfg->tls == LK_TLS_KTLS)
         return lk_fail(LK_ERR_UNSUPPORTED, "kernel TLS is not part of this build");
     if (cfg->workers > 1)
@@ -93,7 +94,7 @@ static void teardown(lk_relay *r)
 static int setup(lk_relay *r, const lk_relay_config *cfg)
 {
     r->cfg = *cfg;
-    r->io = &lk_io_epoll;
+    r->io = cfg->io == LK_IO_URING ? &lk_io_uring : &lk_io_epoll;
     r->n_workers = (uint32_t)cfg->workers;
     r->stop_fd = stop_fd;
     crypto_scalarmult_base(r->public_key, cfg->private_key);
