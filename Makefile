@@ -20,9 +20,11 @@ LAB_PORT ?= 8888
 START_NOTEBOOK := notebooks/00-start-here.ipynb
 
 APT_PACKAGES := build-essential pkg-config python3 python3-venv python3-dev liburing-dev \
-	libssl-dev libsodium-dev libffi-dev clang procps iproute2 user-mode-linux chromium
-# perf ships as linux-perf on Debian and linux-tools-generic on Ubuntu; either, if offered.
-PERF_PACKAGES := linux-perf linux-tools-generic
+	libssl-dev libsodium-dev libffi-dev clang procps iproute2 user-mode-linux
+# Installed when the distribution offers them; commas separate alternatives. perf is
+# linux-perf on Debian and linux-tools-generic on Ubuntu; Ubuntu ships chromium as a snap
+# rather than a deb, so there the browser tests need a chromium from elsewhere.
+APT_OPTIONAL := linux-perf,linux-tools-generic chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -q -y
 
@@ -34,21 +36,24 @@ SANITIZE_TESTS ?= tests/conformance $(wildcard tests/test_*pars*.py)
 setup: $(STAMPS)/apt $(STAMPS)/venv build/native-release/build.json build/native-asan/build.json
 
 $(STAMPS)/apt: Makefile
-	@installed() { dpkg-query -W -f='$${Status}' "$$1" 2>/dev/null | grep -q 'ok installed'; }; \
-	missing=""; \
+	@installed() { [ "$$(dpkg-query -W -f='$${Status}' "$$1" 2>/dev/null)" = "install ok installed" ]; }; \
+	offered() { apt-cache policy "$$1" 2>/dev/null | grep "Candidate: [^(]" >/dev/null; }; \
+	missing=""; optional=""; \
 	for p in $(APT_PACKAGES); do installed "$$p" || missing="$$missing $$p"; done; \
-	perf_missing=1; \
-	for p in $(PERF_PACKAGES); do installed "$$p" && perf_missing=0; done; \
-	if [ -n "$$missing" ] || [ "$$perf_missing" = 1 ]; then \
+	for group in $(APT_OPTIONAL); do \
+	  have=0; for p in $${group//,/ }; do installed "$$p" && have=1; done; \
+	  [ $$have = 1 ] || optional="$$optional $$group"; \
+	done; \
+	if [ -n "$$missing$$optional" ]; then \
 	  if [ -n "$(SUDO)" ] && ! command -v sudo >/dev/null; then \
-	    echo "setup: need root or sudo to install:$$missing" >&2; exit 1; fi; \
+	    echo "setup: need root or sudo to install:$$missing$$optional" >&2; exit 1; fi; \
 	  echo "setup: apt-get update"; \
 	  $(APT) update; \
-	  if [ "$$perf_missing" = 1 ]; then \
-	    for p in $(PERF_PACKAGES); do \
-	      if apt-cache show "$$p" >/dev/null 2>&1; then missing="$$missing $$p"; break; fi; \
+	  for group in $$optional; do \
+	    for p in $${group//,/ }; do \
+	      if offered "$$p"; then missing="$$missing $$p"; break; fi; \
 	    done; \
-	  fi; \
+	  done; \
 	  if [ -n "$$missing" ]; then \
 	    echo "setup: apt-get install$$missing"; \
 	    $(APT) install --no-install-recommends $$missing; \
@@ -81,6 +86,7 @@ lab: setup
 	exec $(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --port=$(LAB_PORT) \
 	  --ServerApp.port_retries=0 --IdentityProvider.token="$$token" \
 	  --ServerApp.default_url=/lab/tree/$(START_NOTEBOOK) \
+	  --ServerApp.custom_display_url="$$url" \
 	  $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # Three passes; the first failure stops make with a non-zero exit. The sanitizer pass

@@ -619,7 +619,7 @@ class Client:
             self.http = self.read_http_head()
             if self.http.status != 101:
                 raise HandshakeError(f"relay answered {self.http.status_line!r}, not 101")
-        frame_type, payload = self.recv_raw()
+        frame_type, payload = self._handshake_frame("ServerKey", self.timeout)
         if frame_type != FrameType.SERVER_KEY:
             raise HandshakeError(f"expected ServerKey (0x01) first, got type 0x{frame_type:02x}")
         if len(payload) > MAX_SERVER_KEY_LEN:
@@ -639,6 +639,17 @@ class Client:
             raise HandshakeError("fast start: relay key differs from the one we sealed to")
         self.server_key = server_key.key
         return server_key
+
+    def _handshake_frame(self, waiting_for: str, timeout: float | None) -> tuple[int, bytes]:
+        """recv_raw, with failures turned into HandshakeErrors that say the stage."""
+        try:
+            return self.recv_raw(timeout)
+        except ConnectionClosed as e:
+            raise HandshakeError(f"relay closed the connection before {waiting_for}") from e
+        except TimeoutError as e:
+            raise HandshakeError(f"no {waiting_for} from the relay in time") from e
+        except ProtocolError as e:
+            raise HandshakeError(f"garbled stream while waiting for {waiting_for}: {e}") from e
 
     def _client_info_frame(
         self, client_info: Mapping[str, Any] | bytes | None, relay_public: bytes
@@ -667,7 +678,7 @@ class Client:
 
     def read_server_info(self, timeout: float | None = None) -> dict[str, Any]:
         """Read the next frame, which must be ServerInfo, and open it."""
-        frame_type, payload = self.recv_raw(timeout)
+        frame_type, payload = self._handshake_frame("ServerInfo", timeout)
         if frame_type != FrameType.SERVER_INFO:
             raise HandshakeError(f"expected ServerInfo (0x03), got type 0x{frame_type:02x}")
         assert self.server_key is not None
@@ -757,6 +768,7 @@ class Client:
         self.reader.feed(data)
 
     def read_http_head(self) -> HttpHead:
+        """Read the HTTP response head; bytes after it go to the frame reader."""
         deadline = time.monotonic() + self.timeout
         self.sock.settimeout(self.timeout)
         buf = b""

@@ -10,6 +10,7 @@ after a grace period), never by name.
 """
 
 import collections
+import glob
 import json
 import os
 import select
@@ -24,6 +25,7 @@ from typing import IO, Any
 from labkit.config import RelayConfig
 
 STDERR_TAIL_LINES = 200
+SHM_DIR = "/dev/shm"
 
 
 class RelayError(RuntimeError):
@@ -95,7 +97,12 @@ def _stop_pid(proc: subprocess.Popen[bytes], grace: float) -> int:
 
 
 class Relay:
-    """A relay process for `cfg`: started by start() or `with`, stopped by stop()."""
+    """A relay process for `cfg`: started by start() or `with`, stopped by stop().
+
+    start_timeout: seconds to wait for the relay's announcement. stop_grace: seconds
+    between SIGTERM and SIGKILL. env: variables set for the relay on top of this
+    process's environment (LABKIT_SANITIZE=1 selects the sanitizer build).
+    """
 
     def __init__(self, cfg: RelayConfig, *, start_timeout: float = 10.0,
                  stop_grace: float = 3.0, env: dict[str, str] | None = None) -> None:
@@ -198,10 +205,16 @@ class Relay:
 
     def _unlink_shm(self) -> None:
         # A relay that was killed could not remove its counter region; nobody else will.
+        # Before its announcement the name is unknown, but it starts with the relay's pid.
+        assert self._proc is not None
         name = self.info.get("shm")
         if name:
+            paths = [os.path.join(SHM_DIR, name.lstrip("/"))]
+        else:
+            paths = glob.glob(os.path.join(SHM_DIR, f"labkit-relay-{self._proc.pid}-*"))
+        for path in paths:
             try:
-                os.unlink(os.path.join("/dev/shm", name.lstrip("/")))
+                os.unlink(path)
             except FileNotFoundError:
                 pass
 
@@ -264,7 +277,8 @@ class Relay:
     # ---- counters -----------------------------------------------------------------
 
     def worker_counters(self) -> list[dict[str, Any]]:
-        """Per-worker counters from the relay's shared memory (see labkit.counters.shm)."""
+        """Per-slot counters from the relay's shared memory: data workers, then the
+        relay's own counting threads (see ShmCounters.snapshot)."""
         if self._shm is None:
             from labkit.counters.shm import ShmCounters  # loads the native module
 
@@ -272,7 +286,7 @@ class Relay:
         return self._shm.snapshot()
 
     def counters(self) -> dict[str, int]:
-        """Counters and gauges summed over workers (high-water gauges: the maximum)."""
+        """Counters and gauges summed over all slots (high-water gauges: the maximum)."""
         total: dict[str, int] = {}
         for row in self.worker_counters():
             for name, value in row.items():

@@ -11,6 +11,7 @@ the config, the bind or the relay fails.
 """
 
 import errno
+import faulthandler
 import ipaddress
 import json
 import os
@@ -90,6 +91,10 @@ def _read_line(fd: int, done_fd: int) -> bytes | None:
 def serve(cfg: RelayConfig) -> int:
     """Run a relay for cfg until SIGTERM/SIGINT. Returns the process exit code."""
     cfg.validate()
+    if os.environ.get("LABKIT_SANITIZE") != "1":
+        # A crash in C then leaves every thread's Python stack in the parent's stderr
+        # tail. Not under ASan, whose own SEGV handler reports the C stack instead.
+        faulthandler.enable(all_threads=True)
     from labkit.native import ffi, lib  # here: --help and config errors need no build
 
     sock = bind_listener(cfg.host, cfg.port)

@@ -176,7 +176,9 @@ def test_counters_from_shared_memory() -> None:
             assert time.monotonic() < deadline, r.worker_counters()
             time.sleep(0.01)
         rows = r.worker_counters()
-        assert len(rows) == r.workers
+        # One slot per data worker; the relay may add slots for its own threads
+        # (the acceptor, currently last), which count towards the totals too.
+        assert len(rows) >= r.workers
         row = rows[0]
         assert row["ns"] > 0
         assert len(row["completions_hist"]) == 16

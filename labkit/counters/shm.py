@@ -69,8 +69,11 @@ class ShmCounters:
             )
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """One dict per worker: every counter by name, plus `ns` (CLOCK_MONOTONIC of the
-        worker's last publication) and `completions_hist` (list of LK_HIST_BUCKETS ints)."""
+        """One dict per published slot: every counter by name, plus `ns` (CLOCK_MONOTONIC
+        of the slot's last publication) and `completions_hist` (LK_HIST_BUCKETS ints).
+
+        Slots are the relay's data workers in order, then any thread of its own that
+        counts (the acceptor), as the header's n_workers says."""
         out = self._out
         n = len(self._names)
         workers = []

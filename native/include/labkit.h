@@ -238,6 +238,56 @@ typedef struct lk_parsed_frame {
 int lk_test_parse_stream(const uint8_t *data, size_t len, size_t chunk,
                          lk_parsed_frame *out, size_t max_out);
 
+/* ---- load generator ----------------------------------------------------------
+ * P sender->receiver pairs of real DERP clients against any relay.  Payloads
+ * carry a sequence number and a CLOCK_MONOTONIC send stamp, so the receiver
+ * measures loss and one-way latency (same host clock).  Echo mode: the
+ * receiver sends each packet back and the sender measures round trips. */
+
+enum lk_load_mode { LK_LOAD_THROUGHPUT = 0, LK_LOAD_ECHO = 1 };
+
+typedef struct lk_load_config {
+    const char *host;         /* relay address (numeric IPv4/IPv6 or name) */
+    uint16_t port;
+    int tls;                  /* enum lk_tls */
+    int insecure;             /* TLS: do not verify the relay's certificate */
+    const char *ca_file;      /* TLS: trust this PEM instead of the system store */
+    int mode;                 /* enum lk_load_mode */
+    int pairs;                /* sender/receiver pairs (2 connections each) */
+    uint32_t size;            /* packet bytes (>= 16: seq + stamp), <= 65536 */
+    double rate_mbps;         /* offered load over all senders; 0 = unpaced */
+    double duration_s;        /* measured window */
+    double warmup_s;          /* sent first, excluded from every figure */
+    int threads;              /* event-loop threads, connections spread over them */
+    int pin_cpus;             /* pin thread i to CPU (first_cpu + i) mod ncpu */
+    int first_cpu;
+    const char *shm_name;     /* counters for live plots; NULL = none */
+    int ready_fd;             /* "ready\n" once every pair has handshaked; -1 = none */
+} lk_load_config;
+
+#define LK_LOAD_PCTS 7
+
+typedef struct lk_load_result {
+    uint64_t sent;            /* packets sent in the measured window */
+    uint64_t received;        /* of those, received (one-way) or echoed back (echo) */
+    uint64_t lost;            /* sent - received after the drain period */
+    uint64_t bytes_received;  /* packet payload bytes of those */
+    double seconds;           /* measured window actually achieved */
+    double mbps;              /* payload megabits per second received */
+    double pps;               /* packets per second received */
+    double latency_us[LK_LOAD_PCTS]; /* p50 p90 p99 p99.9 min max mean, microseconds */
+    uint64_t latency_samples;
+    uint64_t handshake_failures;
+} lk_load_result;
+
+void lk_load_config_defaults(lk_load_config *cfg);
+/* Connect, run warm-up + window, drain, report.  Blocks.  LK_OK, or an
+ * lk_error with lk_last_error() naming the cause (LK_ERR_CONNECT for an
+ * unreachable relay or a failed handshake). */
+int lk_load_run(const lk_load_config *cfg, lk_load_result *out);
+/* Stop a running load early (the window ends now).  Async-signal-safe. */
+void lk_load_stop(void);
+
 /* cdef-end */
 
 #endif /* LABKIT_H */

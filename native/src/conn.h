@@ -19,13 +19,14 @@ enum lk_conn_state {
     LK_CS_HTTP,             /* reading the HTTP request head */
     LK_CS_HTTP_REPLIED,     /* non-upgrade response queued; close once written */
     LK_CS_WAIT_CLIENT_INFO, /* ServerKey queued; the next frame must be ClientInfo */
+    LK_CS_HANDOFF,          /* acceptor: handshaked, moving to its owning worker */
     LK_CS_STEADY,           /* registered, forwarding */
     LK_CS_CLOSING,          /* torn down; the backend still holds it */
 };
 
 #define LK_HTTP_HEAD_MAX 16384
 #define LK_SMALL_BODY 1024    /* Ping, NotePreferred, ClosePeer payloads */
-#define LK_TX_MAX 64          /* frames one vectored send may carry */
+#define LK_TX_MAX 128         /* frames the writer holds / one vectored send may carry */
 
 /* A bounded FIFO of packets for one destination: head-drop when full (7.3). */
 typedef struct lk_pktq {
@@ -71,6 +72,7 @@ typedef struct lk_conn {
     uint8_t *head;              /* HTTP head bytes until the request completes */
     uint32_t head_len;
     uint8_t *client_info;       /* ClientInfo payload (heap, handshake only) */
+    lk_bytes pipelined;         /* acceptor: bytes the client sent after ClientInfo */
     lk_pkt *rx_pkt;             /* packet buffer being filled by the reader */
     uint8_t small[LK_SMALL_BODY];
 
@@ -111,5 +113,12 @@ typedef struct lk_conn {
 
     struct lk_conn *all_next, *all_prev;  /* every live conn, for timer scans */
 } lk_conn;
+
+/* False once closing started: a backend may release the slot at once (FREE),
+ * so code that just ran a callback which can close checks this, not CLOSING. */
+static inline int lk_conn_alive(const lk_conn *c)
+{
+    return c->state != LK_CS_CLOSING && c->state != LK_CS_FREE;
+}
 
 #endif

@@ -6,7 +6,10 @@
 #include "worker.h"
 
 /* output.c */
+/* Queue one whole control frame (counted in frames_out). */
 int lk_out_ctrl(lk_worker *w, lk_conn *c, const void *frame, uint32_t len);
+/* Queue raw HTTP bytes before the DERP stream. */
+int lk_out_http(lk_worker *w, lk_conn *c, const void *bytes, uint32_t len);
 void lk_out_packet(lk_worker *w, lk_conn *c, lk_pkt *pkt);
 void lk_out_mark_dirty(lk_worker *w, lk_conn *c);
 int lk_out_pending(const lk_conn *c);
@@ -22,12 +25,20 @@ void lk_route_packet(lk_worker *w, lk_conn *from, const uint8_t src[LK_KEY_LEN],
 void lk_route_touch(lk_worker *w, lk_conn *c);
 void lk_route_watch(lk_worker *w, lk_conn *c);
 void lk_route_close_peer(lk_worker *w, lk_conn *c, const uint8_t key[LK_KEY_LEN]);
+struct lk_xmsg;
+void lk_route_remote_packet(lk_worker *w, struct lk_xmsg *m);
+void lk_route_remote_event(lk_worker *w, struct lk_xmsg *m);
 
 /* session.c */
 void lk_session_start(lk_worker *w, lk_conn *c);
+struct lk_handoff;
+void lk_session_adopt(lk_worker *w, struct lk_handoff *h);
 
 /* worker.c */
 void lk_conn_close(lk_worker *w, lk_conn *c, int reason_counter);
+/* Forget c on this thread without closing its socket (it moved elsewhere). */
+void lk_conn_detach(lk_worker *w, lk_conn *c);
+lk_conn *lk_conn_alloc(lk_worker *w, int fd);
 void lk_arm(lk_worker *w, uint64_t deadline);
 void lk_pkt_free(lk_worker *w, lk_pkt *pkt);
 

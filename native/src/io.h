@@ -26,6 +26,8 @@ typedef struct lk_io_ops {
     int (*add_conn)(struct lk_worker *w, struct lk_conn *c);
     /* The core queued output for c: send now or when the socket allows. */
     void (*flush)(struct lk_worker *w, struct lk_conn *c);
+    /* Stop watching c without closing it (it moves to another thread). */
+    void (*detach)(struct lk_worker *w, struct lk_conn *c);
     /* Tear down c's kernel side; call lk_core_release() once nothing refers to it. */
     void (*close_conn)(struct lk_worker *w, struct lk_conn *c);
     /* One loop pass: wait up to timeout_ms (-1 forever) and dispatch. */

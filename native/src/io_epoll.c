@@ -60,9 +60,7 @@ static int ep_init(lk_worker *w)
     if (ep_ctl(w, EPOLL_CTL_ADD, w->relay->stop_fd, EPOLLIN, TOKEN_STOP) != 0 ||
         ep_ctl(w, EPOLL_CTL_ADD, s->wake_fd, EPOLLIN, TOKEN_WAKE) != 0)
         return lk_fail(LK_ERR_SYSTEM, "epoll_ctl: %s", strerror(errno));
-    /* every worker may accept; EPOLLEXCLUSIVE wakes one of them per connection */
-    if (ep_ctl(w, EPOLL_CTL_ADD, w->relay->cfg.listen_fd, EPOLLIN | EPOLLEXCLUSIVE,
-               TOKEN_LISTEN) != 0)
+    if (w->acceptor && ep_ctl(w, EPOLL_CTL_ADD, w->relay->cfg.listen_fd, EPOLLIN, TOKEN_LISTEN) != 0)
         return lk_fail(LK_ERR_SYSTEM, "epoll_ctl(listen): %s", strerror(errno));
     return LK_OK;
 }
@@ -112,7 +110,7 @@ static void ep_send(lk_worker *w, lk_conn *c)
             return;
         }
         lk_core_sent(w, c, (size_t)r);
-        if (c->state == LK_CS_CLOSING)
+        if (!lk_conn_alive(c))
             return;
         if ((size_t)r < total) {
             set_want_write(w, c, 1);  /* the socket buffer is full */
@@ -126,6 +124,11 @@ static void ep_flush(lk_worker *w, lk_conn *c)
 {
     if (!c->send_busy)  /* otherwise EPOLLOUT will call ep_send */
         ep_send(w, c);
+}
+
+static void ep_detach(lk_worker *w, lk_conn *c)
+{
+    ep_ctl(w, EPOLL_CTL_DEL, c->fd, 0, 0);
 }
 
 static void ep_close_conn(lk_worker *w, lk_conn *c)
@@ -185,9 +188,9 @@ static int ep_wait(lk_worker *w, int timeout_ms)
             (void)!read(s->wake_fd, &v, sizeof v);
         } else if (token != TOKEN_STOP) {
             lk_conn *c = lk_core_conn_from_token(w, token);
-            if (c && c->state != LK_CS_CLOSING && (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+            if (c && lk_conn_alive(c) && (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)))
                 ep_readable(w, c);
-            if (c && c->state != LK_CS_CLOSING && (ev & EPOLLOUT))
+            if (c && lk_conn_alive(c) && (ev & EPOLLOUT))
                 ep_send(w, c);
         }
     }
@@ -207,6 +210,7 @@ const lk_io_ops lk_io_epoll = {
     .destroy = ep_destroy,
     .add_conn = ep_add_conn,
     .flush = ep_flush,
+    .detach = ep_detach,
     .close_conn = ep_close_conn,
     .wait = ep_wait,
     .wake = ep_wake,

@@ -8,7 +8,8 @@
  *   coalesce          all queued frames leave in one sendmsg (off: one send
  *                     per frame)
  *   sqpoll, defer_taskrun, single_issuer   ring set-up flags
- * A switch the kernel cannot honour makes init fail with the reason. */
+ * A switch the kernel cannot honour makes init fail with the reason.
+ * Data workers only: connections arrive set up from the acceptor (shard.h). */
 #include <errno.h>
 #include <liburing.h>
 #include <poll.h>
@@ -30,7 +31,7 @@
 #define UR_BGID 1
 
 /* user_data: operation in the top byte, then 24 bits of generation, then slot */
-enum ur_op { OP_ACCEPT = 1, OP_RECV, OP_SEND, OP_WAKE, OP_STOP };
+enum ur_op { OP_RECV = 1, OP_SEND, OP_WAKE, OP_STOP };
 
 typedef struct ur_state {
     struct io_uring ring;
@@ -39,8 +40,6 @@ typedef struct ur_state {
     uint8_t *bufs;
     int wake_fd;
     uint64_t wake_value;
-    struct sockaddr_storage accept_addr;
-    socklen_t accept_len;
 } ur_state;
 
 static uint64_t ud(enum ur_op op, const lk_conn *c)
@@ -98,17 +97,6 @@ static void queued(lk_worker *w)
     ur_state *s = w->io_state;
     if (!s->batch)
         submit_now(w);
-}
-
-static void arm_accept(lk_worker *w)
-{
-    ur_state *s = w->io_state;
-    struct io_uring_sqe *sqe = get_sqe(w);
-    s->accept_len = sizeof s->accept_addr;
-    io_uring_prep_accept(sqe, w->relay->cfg.listen_fd, (struct sockaddr *)&s->accept_addr,
-                         &s->accept_len, SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(sqe, ud(OP_ACCEPT, NULL));
-    queued(w);
 }
 
 static void arm_wake(lk_worker *w)
@@ -263,7 +251,6 @@ static int ur_init(lk_worker *w)
     io_uring_prep_poll_add(sqe, w->relay->stop_fd, POLLIN);
     io_uring_sqe_set_data64(sqe, ud(OP_STOP, NULL));
     arm_wake(w);
-    arm_accept(w);
     return LK_OK;
 }
 
@@ -295,7 +282,7 @@ static int ur_add_conn(lk_worker *w, lk_conn *c)
 static void ur_flush(lk_worker *w, lk_conn *c)
 {
     ur_state *s = w->io_state;
-    if (c->send_busy || c->state == LK_CS_CLOSING)
+    if (c->send_busy || !lk_conn_alive(c))
         return;  /* one send in flight per connection keeps frames in order */
     int n = lk_core_gather(w, c, c->iov, s->coalesce ? LK_TX_MAX + 1 : 1);
     if (n == 0)
@@ -384,29 +371,14 @@ static void on_send(lk_worker *w, lk_conn *c, struct io_uring_cqe *cqe)
         return;
     }
     lk_core_sent(w, c, (size_t)cqe->res);
-    if (c->state != LK_CS_CLOSING && lk_out_pending(c))
+    if (lk_conn_alive(c) && lk_out_pending(c))
         ur_flush(w, c);
-}
-
-static void on_accept(lk_worker *w, struct io_uring_cqe *cqe)
-{
-    ur_state *s = w->io_state;
-    if (cqe->res >= 0)
-        lk_core_accepted(w, cqe->res, &s->accept_addr);
-    else if (cqe->res == -EMFILE || cqe->res == -ENFILE)
-        lk_log("worker %u: accept: %s (raise the open-file limit)", w->index,
-               strerror(-cqe->res));
-    if (!__atomic_load_n(&w->relay->stopping, __ATOMIC_ACQUIRE))
-        arm_accept(w);
 }
 
 static void dispatch(lk_worker *w, struct io_uring_cqe *cqe)
 {
     uint64_t v = io_uring_cqe_get_data64(cqe);
     switch ((enum ur_op)(v >> 56)) {
-    case OP_ACCEPT:
-        on_accept(w, cqe);
-        break;
     case OP_WAKE:
         arm_wake(w);
         break;

@@ -19,7 +19,7 @@ int lk_out_queues_init(lk_conn *c, uint32_t depth)
 
 void lk_out_mark_dirty(lk_worker *w, lk_conn *c)
 {
-    if (c->dirty || c->state == LK_CS_CLOSING)
+    if (c->dirty || !lk_conn_alive(c))
         return;
     c->dirty = 1;
     c->dirty_next = w->dirty;
@@ -47,16 +47,24 @@ static int bytes_append(lk_bytes *b, const void *data, uint32_t len)
     return 0;
 }
 
-int lk_out_ctrl(lk_worker *w, lk_conn *c, const void *frame, uint32_t len)
+int lk_out_http(lk_worker *w, lk_conn *c, const void *bytes, uint32_t len)
 {
-    if (c->state == LK_CS_CLOSING)
+    if (!lk_conn_alive(c))
         return -1;
-    if (bytes_append(&c->ctrl, frame, len) != 0) {
+    if (bytes_append(&c->ctrl, bytes, len) != 0) {
         /* a client that lets megabytes of control frames pile up is not reading */
         lk_conn_close(w, c, LK_C_CLOSE_WRITE_TIMEOUT);
         return -1;
     }
     lk_out_mark_dirty(w, c);
+    return 0;
+}
+
+int lk_out_ctrl(lk_worker *w, lk_conn *c, const void *frame, uint32_t len)
+{
+    if (lk_out_http(w, c, frame, len) != 0)
+        return -1;
+    LK_COUNT(w, FRAMES_OUT);  /* control frames count when queued, packets when sent */
     return 0;
 }
 
@@ -68,14 +76,34 @@ static lk_pkt *q_pop(lk_pktq *q)
     return p;
 }
 
-void lk_out_packet(lk_worker *w, lk_conn *c, lk_pkt *pkt)
+/* A full queue is only an overload if the writer cannot take from it now:
+ * one read can carry a burst for one receiver, and Go's concurrent writer
+ * would drain meanwhile.  So flush first, then hand packets to the writer's
+ * tx list while it has room, and drop only what neither can hold. */
+static void make_room(lk_worker *w, lk_conn *c, lk_pktq *q)
 {
-    lk_pktq *q = pkt->disco ? &c->q_disco : &c->q_other;
-    if (q->count == q->cap) {
+    w->io->flush(w, c);
+    while (lk_conn_alive(c) && q->count == q->cap && c->tx_count < LK_TX_MAX) {
+        c->tx[c->tx_count++] = q_pop(q);
+        w->stats.c[LK_G_QUEUE_DEPTH]--;
+    }
+    if (lk_conn_alive(c) && q->count == q->cap) {
         /* head drop: the oldest packet is the least useful one (7.3) */
         lk_pkt_free(w, q_pop(q));
         LK_COUNT(w, DROP_QUEUE_HEAD);
         w->stats.c[LK_G_QUEUE_DEPTH]--;
+    }
+}
+
+void lk_out_packet(lk_worker *w, lk_conn *c, lk_pkt *pkt)
+{
+    lk_pktq *q = pkt->disco ? &c->q_disco : &c->q_other;
+    if (q->count == q->cap)
+        make_room(w, c, q);
+    if (!lk_conn_alive(c)) {  /* flushing found the receiver gone */
+        lk_pkt_free(w, pkt);
+        LK_COUNT(w, DROP_GONE);
+        return;
     }
     q->slots[(q->head + q->count) % q->cap] = pkt;
     q->count++;
@@ -196,7 +224,7 @@ static int gather_tls(lk_worker *w, lk_conn *c, struct iovec *iov, int max)
 
 int lk_core_gather(lk_worker *w, lk_conn *c, struct iovec *iov, int max)
 {
-    if (c->state == LK_CS_CLOSING)
+    if (!lk_conn_alive(c))
         return 0;
     int n = c->tls ? gather_tls(w, c, iov, max) : gather_plain(w, c, iov, max);
     if (n < 0) {
@@ -234,7 +262,7 @@ void lk_out_flush_dirty(lk_worker *w)
         lk_conn *c = w->dirty;
         w->dirty = c->dirty_next;
         c->dirty = 0;
-        if (c->state != LK_CS_CLOSING)
-            w->relay->io->flush(w, c);
+        if (lk_conn_alive(c))
+            w->io->flush(w, c);
     }
 }

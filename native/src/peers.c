@@ -6,9 +6,10 @@
 #include "common.h"
 #include "peers.h"
 
-int lk_peers_init(lk_peer_table *t, uint32_t max_keys)
+int lk_peers_init(lk_peer_table *t, uint32_t max_keys, uint64_t *next_id)
 {
     memset(t, 0, sizeof *t);
+    t->next_id = next_id;
     uint32_t cap = 16;
     while (cap < 2 * max_keys)  /* load factor <= 1/2 keeps probes short */
         cap <<= 1;
@@ -64,7 +65,8 @@ lk_peer *lk_peers_add(lk_peer_table *t, const uint8_t key[LK_KEY_LEN])
     lk_peer *p = &t->entries[t->free_entries[--t->n_free]];
     lk_seen *seen = p->seen;
     uint32_t cap_seen = p->cap_seen;
-    *p = (lk_peer){.id = ++t->next_id, .seen = seen, .cap_seen = cap_seen};
+    *p = (lk_peer){.id = __atomic_add_fetch(t->next_id, 1, __ATOMIC_RELAXED), .seen = seen,
+                   .cap_seen = cap_seen};
     memcpy(p->key, key, LK_KEY_LEN);
     uint32_t b = home_bucket(t, key);
     while (t->buckets[b])
@@ -95,10 +97,10 @@ void lk_peers_remove(lk_peer_table *t, lk_peer *p)
     t->free_entries[t->n_free++] = (uint32_t)(p - t->entries);
 }
 
-int lk_peers_note_seen(lk_peer *p, lk_conn *receiver)
+int lk_peers_note_seen(lk_peer *p, uint32_t worker, uint64_t conn_id, lk_conn *conn)
 {
     for (uint32_t i = 0; i < p->n_seen; i++)
-        if (p->seen[i].conn_id == receiver->id)
+        if (p->seen[i].conn_id == conn_id)
             return 0;
     if (p->n_seen == p->cap_seen) {
         /* grows once per new (source, receiver) pair, never per packet */
@@ -109,6 +111,6 @@ int lk_peers_note_seen(lk_peer *p, lk_conn *receiver)
         p->seen = s;
         p->cap_seen = cap;
     }
-    p->seen[p->n_seen++] = (lk_seen){.conn_id = receiver->id, .conn = receiver};
+    p->seen[p->n_seen++] = (lk_seen){.conn_id = conn_id, .conn = conn, .worker = worker};
     return 0;
 }

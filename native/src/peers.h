@@ -12,9 +12,12 @@
 
 #include "conn.h"
 
+/* A connection that received from this key; it may live on another worker,
+ * so it is only dereferenced by that worker (see routing.c). */
 typedef struct lk_seen {
     uint64_t conn_id;
     lk_conn *conn;
+    uint32_t worker;
 } lk_seen;
 
 typedef struct lk_peer {
@@ -35,18 +38,18 @@ typedef struct lk_peer_table {
     lk_peer *entries;
     uint32_t *free_entries;
     uint32_t n_free, n_entries;
-    uint64_t next_id;
+    uint64_t *next_id;        /* shared by all workers: ids are relay-wide */
     uint8_t hash_key[16];
 } lk_peer_table;
 
-int lk_peers_init(lk_peer_table *t, uint32_t max_keys);
+int lk_peers_init(lk_peer_table *t, uint32_t max_keys, uint64_t *next_id);
 void lk_peers_destroy(lk_peer_table *t);
 lk_peer *lk_peers_find(const lk_peer_table *t, const uint8_t key[LK_KEY_LEN]);
 /* New entry for a key not in the table; NULL when the table is full. */
 lk_peer *lk_peers_add(lk_peer_table *t, const uint8_t key[LK_KEY_LEN]);
 void lk_peers_remove(lk_peer_table *t, lk_peer *p);
-/* Record that `receiver` got a packet from p (idempotent). 0 or -1 (no memory). */
-int lk_peers_note_seen(lk_peer *p, lk_conn *receiver);
+/* Record that a receiver got a packet from p (idempotent). 0 or -1 (no memory). */
+int lk_peers_note_seen(lk_peer *p, uint32_t worker, uint64_t conn_id, lk_conn *conn);
 
 #define lk_peers_foreach(t, p)                                                     \
     for (uint32_t lk_i_ = 0; lk_i_ <= (t)->mask; lk_i_++)                          \

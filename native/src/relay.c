@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "shard.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -72,10 +73,9 @@ static int check_supported(const lk_relay_config *cfg)
 {
     if (cfg->tls == LK_TLS_KTLS)
         return lk_fail(LK_ERR_UNSUPPORTED, "kernel TLS is not part of this build");
-    if (cfg->workers > 1)
-        return lk_fail(LK_ERR_UNSUPPORTED, "more than one worker is not part of this build");
-    if (cfg->switches & (LK_SW_PIN_CPUS | LK_SW_ROUND_ROBIN))
-        return lk_fail(LK_ERR_UNSUPPORTED, "pinning and round-robin assignment need workers");
+    if (cfg->switches & LK_SW_ROUND_ROBIN)
+        return lk_fail(LK_ERR_UNSUPPORTED, "round-robin assignment is not part of this build: "
+                                           "connections go to the worker owning their key");
     return LK_OK;
 }
 
@@ -83,9 +83,10 @@ static void teardown(lk_relay *r)
 {
     __atomic_store_n(&running, NULL, __ATOMIC_RELEASE);
     if (r->workers)
-        for (uint32_t i = 0; i < r->n_workers; i++)
+        for (uint32_t i = 0; i < r->n_threads; i++)
             lk_worker_destroy(&r->workers[i]);
     free(r->workers);
+    lk_shard_destroy(r);
     lk_tls_ctx_free(r->tls);
     lk_shm_destroy(&r->shm);
     free(r);
@@ -96,20 +97,24 @@ static int setup(lk_relay *r, const lk_relay_config *cfg)
     r->cfg = *cfg;
     r->io = cfg->io == LK_IO_URING ? &lk_io_uring : &lk_io_epoll;
     r->n_workers = (uint32_t)cfg->workers;
+    r->n_threads = r->n_workers + 1;  /* + the acceptor */
     r->stop_fd = stop_fd;
     crypto_scalarmult_base(r->public_key, cfg->private_key);
     int flags = fcntl(cfg->listen_fd, F_GETFL);
     if (flags < 0 || fcntl(cfg->listen_fd, F_SETFL, flags | O_NONBLOCK) != 0)
         return lk_fail(LK_ERR_SYSTEM, "cannot make listen_fd non-blocking: %s", strerror(errno));
-    int rc = lk_shm_create(&r->shm, cfg->shm_name, r->n_workers, LK_ROLE_RELAY);
+    /* counter slots: one per data worker, then the acceptor's */
+    int rc = lk_shm_create(&r->shm, cfg->shm_name, r->n_threads, LK_ROLE_RELAY);
+    if (rc == LK_OK)
+        rc = lk_shard_init(r);
     if (rc == LK_OK && cfg->tls != LK_TLS_OFF)
         rc = lk_tls_ctx_create(&r->tls, cfg->cert_file, cfg->key_file);
     if (rc != LK_OK)
         return rc;
-    r->workers = calloc(r->n_workers, sizeof *r->workers);
+    r->workers = calloc(r->n_threads, sizeof *r->workers);
     if (!r->workers)
         return lk_fail(LK_ERR_NOMEM, "no memory for workers");
-    for (uint32_t i = 0; i < r->n_workers && rc == LK_OK; i++)
+    for (uint32_t i = 0; i < r->n_threads && rc == LK_OK; i++)
         rc = lk_worker_init(&r->workers[i], r, i);
     return rc;
 }
@@ -138,7 +143,7 @@ int lk_relay_run(const lk_relay_config *cfg)
         return lk_fail(LK_ERR_BUSY, "a relay already runs in this process");
     }
     rc = setup(r, cfg);
-    for (uint32_t i = 0; i < r->n_workers && rc == LK_OK; i++) {
+    for (uint32_t i = 0; i < r->n_threads && rc == LK_OK; i++) {
         int e = pthread_create(&r->workers[i].thread, NULL, lk_worker_main, &r->workers[i]);
         if (e != 0)
             rc = lk_fail(LK_ERR_SYSTEM, "pthread_create: %s", strerror(e));
@@ -149,7 +154,7 @@ int lk_relay_run(const lk_relay_config *cfg)
         (void)!write(cfg->ready_fd, "ready\n", 6);
     if (rc != LK_OK)
         lk_relay_stop();
-    for (uint32_t i = 0; r->workers && i < r->n_workers; i++) {
+    for (uint32_t i = 0; r->workers && i < r->n_threads; i++) {
         if (r->workers[i].thread_started)
             pthread_join(r->workers[i].thread, NULL);
         if (rc == LK_OK && r->workers[i].result != LK_OK)

@@ -1,8 +1,15 @@
 /* routing.c — who receives what: registration, duplicate keys, forwarding,
- * PeerGone (to earlier receivers and watchers), NotHere, mesh watchers. */
+ * PeerGone (to earlier receivers and watchers), NotHere, mesh watchers.
+ *
+ * Every key is owned by one worker (lk_shard_owner); all connections of a key
+ * live there, so duplicate-key rules stay local.  What concerns a key owned
+ * elsewhere is sent to its owner as a message (shard.h). */
 #include <string.h>
 
 #include "core.h"
+#include "shard.h"
+
+/* ---- frames to a client ------------------------------------------------- */
 
 static void send_peer_gone(lk_worker *w, lk_conn *to, const uint8_t key[LK_KEY_LEN],
                            uint8_t reason)
@@ -15,20 +22,44 @@ static void send_peer_gone(lk_worker *w, lk_conn *to, const uint8_t key[LK_KEY_L
         LK_COUNT(w, PEERGONE_SENT);
 }
 
-static void send_peer_present(lk_worker *w, lk_conn *to, const lk_conn *c)
+/* PeerPresent as it travels between workers: key, ip16 (a, b), port, flags. */
+static lk_xmsg present_msg(const lk_conn *c)
+{
+    lk_xmsg m = {.kind = LK_X_PRESENT, .port = c->port};
+    memcpy(m.key, c->key, LK_KEY_LEN);
+    memcpy(&m.a, c->ip16, 8);
+    memcpy(&m.b, c->ip16 + 8, 8);
+    uint8_t flags = (c->mesh ? LK_PRESENT_MESH : 0) | (c->prober ? LK_PRESENT_PROBER : 0) |
+                    (c->not_ideal ? LK_PRESENT_NOT_IDEAL : 0);
+    m.flags = flags ? flags : LK_PRESENT_REGULAR;  /* "regular" only when nothing else applies */
+    return m;
+}
+
+static void send_peer_present(lk_worker *w, lk_conn *to, const lk_xmsg *m)
 {
     uint8_t f[LK_FRAME_HDR + 51];
     uint8_t *p = f + LK_FRAME_HDR;
     lk_put_frame_hdr(f, LK_FT_PEER_PRESENT, 51);
-    memcpy(p, c->key, LK_KEY_LEN);
-    memcpy(p + 32, c->ip16, 16);
-    p[48] = (uint8_t)(c->port >> 8);
-    p[49] = (uint8_t)c->port;
-    uint8_t flags = (c->mesh ? LK_PRESENT_MESH : 0) | (c->prober ? LK_PRESENT_PROBER : 0) |
-                    (c->not_ideal ? LK_PRESENT_NOT_IDEAL : 0);
-    p[50] = flags ? flags : LK_PRESENT_REGULAR;  /* "regular" only when nothing else applies */
+    memcpy(p, m->key, LK_KEY_LEN);
+    memcpy(p + 32, &m->a, 8);
+    memcpy(p + 40, &m->b, 8);
+    p[48] = (uint8_t)(m->port >> 8);
+    p[49] = (uint8_t)m->port;
+    p[50] = m->flags;
     lk_out_ctrl(w, to, f, sizeof f);
 }
+
+static void to_local_watchers(lk_worker *w, const lk_xmsg *m, int present)
+{
+    for (lk_conn *wt = w->watchers; wt; wt = wt->watch_next) {
+        if (present)
+            send_peer_present(w, wt, m);
+        else
+            send_peer_gone(w, wt, m->key, LK_GONE_DISCONNECTED);
+    }
+}
+
+/* ---- registration -------------------------------------------------------- */
 
 int lk_route_register(lk_worker *w, lk_conn *c)
 {
@@ -44,8 +75,9 @@ int lk_route_register(lk_worker *w, lk_conn *c)
     p->n_conns++;
     p->active = c;  /* the newest connection of a key is the active one (7.4) */
     c->last_active_ns = w->now;
-    for (lk_conn *wt = w->watchers; wt; wt = wt->watch_next)
-        send_peer_present(w, wt, c);
+    lk_xmsg m = present_msg(c);
+    to_local_watchers(w, &m, 1);
+    lk_shard_broadcast(w, &m);
     return 0;
 }
 
@@ -69,20 +101,34 @@ static void unlink_watcher(lk_worker *w, lk_conn *c)
     c->watcher = 0;
 }
 
+/* PeerGone(key) to connection `r` of this worker if it is still the one that
+ * received; one per receiving key (stamp = the departed peer's id). */
+static void gone_to_receiver(lk_worker *w, lk_conn *r, uint64_t conn_id,
+                             const uint8_t key[LK_KEY_LEN], uint64_t stamp)
+{
+    if (r->id != conn_id || r->state != LK_CS_STEADY || !r->peer || r->peer->gone_stamp == stamp)
+        return;
+    r->peer->gone_stamp = stamp;
+    send_peer_gone(w, r->peer->active, key, LK_GONE_DISCONNECTED);
+}
+
 /* The key's last connection left: tell everyone that received from it. */
 static void announce_gone(lk_worker *w, lk_peer *p)
 {
     for (uint32_t i = 0; i < p->n_seen; i++) {
-        lk_conn *r = p->seen[i].conn;
-        if (r->id != p->seen[i].conn_id || r->state != LK_CS_STEADY || !r->peer)
-            continue;
-        if (r->peer->gone_stamp == p->id)  /* one PeerGone per receiving key */
-            continue;
-        r->peer->gone_stamp = p->id;
-        send_peer_gone(w, r->peer->active, p->key, LK_GONE_DISCONNECTED);
+        lk_seen *s = &p->seen[i];
+        if (s->worker == w->index) {
+            gone_to_receiver(w, s->conn, s->conn_id, p->key, p->id);
+        } else {
+            lk_xmsg m = {.kind = LK_X_GONE, .a = p->id, .b = s->conn_id, .c = (uintptr_t)s->conn};
+            memcpy(m.key, p->key, LK_KEY_LEN);
+            lk_shard_send(w, s->worker, &m, 0);
+        }
     }
-    for (lk_conn *wt = w->watchers; wt; wt = wt->watch_next)
-        send_peer_gone(w, wt, p->key, LK_GONE_DISCONNECTED);
+    lk_xmsg m = {.kind = LK_X_WATCH_GONE};
+    memcpy(m.key, p->key, LK_KEY_LEN);
+    to_local_watchers(w, &m, 0);
+    lk_shard_broadcast(w, &m);
 }
 
 void lk_route_unregister(lk_worker *w, lk_conn *c)
@@ -117,13 +163,15 @@ void lk_route_touch(lk_worker *w, lk_conn *c)
     }
 }
 
+/* ---- packets ------------------------------------------------------------- */
+
 /* NotHere feedback, 1 token per second, burst 3 (7.2). */
 static void not_here(lk_worker *w, lk_conn *from, const uint8_t dst[LK_KEY_LEN])
 {
     uint64_t whole = (w->now - from->nothere_stamp_ns) / 1000000000u;
     if (whole) {
-        from->nothere_tokens = from->nothere_tokens + whole > 3 ? 3
-                                                                : from->nothere_tokens + (uint32_t)whole;
+        uint64_t tokens = from->nothere_tokens + whole;
+        from->nothere_tokens = tokens > 3 ? 3 : (uint32_t)tokens;
         from->nothere_stamp_ns += whole * 1000000000u;
     }
     if (from->nothere_tokens == 0)
@@ -133,25 +181,73 @@ static void not_here(lk_worker *w, lk_conn *from, const uint8_t dst[LK_KEY_LEN])
     LK_COUNT(w, NOTHERE_SENT);
 }
 
-void lk_route_packet(lk_worker *w, lk_conn *from, const uint8_t src[LK_KEY_LEN],
-                     const uint8_t dst[LK_KEY_LEN], lk_pkt *pkt)
+/* Deliver on the owning worker.  `sender` is the sending conn's token on
+ * worker `sender_worker` (for NotHere); src_peer the sending key's peer id. */
+static void deliver(lk_worker *w, const uint8_t dst[LK_KEY_LEN], lk_pkt *pkt, uint64_t src_peer,
+                    uint32_t sender_worker, uint64_t sender)
 {
     lk_peer *p = lk_peers_find(&w->peers, dst);
     if (!p) {
         LK_COUNT(w, DROP_UNKNOWN_DEST);
-        if (pkt->disco && from)
-            not_here(w, from, dst);
+        if (pkt->disco && sender) {
+            if (sender_worker == w->index) {
+                lk_conn *from = lk_core_conn_from_token(w, sender);
+                if (from && from->state == LK_CS_STEADY)
+                    not_here(w, from, dst);
+            } else {
+                lk_xmsg m = {.kind = LK_X_NOTHERE, .b = sender};
+                memcpy(m.key, dst, LK_KEY_LEN);
+                lk_shard_send(w, sender_worker, &m, 0);
+            }
+        }
         lk_pkt_free(w, pkt);
         return;
     }
     lk_conn *r = p->active;
-    lk_peer *sp = from && from->peer && memcmp(src, from->key, LK_KEY_LEN) == 0 ? from->peer : NULL;
-    if (sp && r->last_seen_src != sp->id) {
-        if (lk_peers_note_seen(sp, r) == 0)
-            r->last_seen_src = sp->id;
+    if (src_peer && r->last_seen_src != src_peer) {
+        /* the source's worker keeps the list of who received from it */
+        const uint8_t *src_key = pkt->data + LK_FRAME_HDR;
+        r->last_seen_src = src_peer;
+        if (sender_worker == w->index) {
+            lk_peer *sp = lk_peers_find(&w->peers, src_key);
+            if (sp && sp->id == src_peer)
+                lk_peers_note_seen(sp, w->index, r->id, r);
+        } else {
+            lk_xmsg m = {.kind = LK_X_SEEN, .a = src_peer, .b = r->id, .c = (uintptr_t)r};
+            memcpy(m.key, src_key, LK_KEY_LEN);
+            lk_shard_send(w, sender_worker, &m, 0);
+        }
     }
     lk_out_packet(w, r, pkt);
 }
+
+void lk_route_packet(lk_worker *w, lk_conn *from, const uint8_t src[LK_KEY_LEN],
+                     const uint8_t dst[LK_KEY_LEN], lk_pkt *pkt)
+{
+    /* ForwardPacket carries someone else's source: no PeerGone tracking for it */
+    uint64_t src_peer = from->peer && memcmp(src, from->key, LK_KEY_LEN) == 0 ? from->peer->id : 0;
+    uint64_t sender = lk_core_conn_token(from);
+    uint32_t owner = lk_shard_owner(w->relay, dst);
+    if (owner == w->index) {
+        deliver(w, dst, pkt, src_peer, w->index, sender);
+        return;
+    }
+    lk_xmsg m = {.kind = LK_X_PACKET, .pkt = pkt, .a = src_peer, .b = sender};
+    memcpy(m.key, dst, LK_KEY_LEN);
+    if (lk_shard_send(w, owner, &m, 1) != 0) {
+        LK_COUNT(w, DROP_QUEUE_TAIL);  /* the owner's ring is full */
+        lk_pkt_free(w, pkt);
+        return;
+    }
+    LK_COUNT(w, XSHARD_SENT);
+}
+
+void lk_route_remote_packet(lk_worker *w, lk_xmsg *m)
+{
+    deliver(w, m->key, m->pkt, m->a, m->from, m->b);
+}
+
+/* ---- watchers and ClosePeer ----------------------------------------------- */
 
 void lk_route_watch(lk_worker *w, lk_conn *c)
 {
@@ -162,19 +258,83 @@ void lk_route_watch(lk_worker *w, lk_conn *c)
     c->watch_next = w->watchers;
     w->watchers = c;
     lk_peer *p;
-    lk_peers_foreach(&w->peers, p)
-        send_peer_present(w, c, p->active);
+    lk_peers_foreach(&w->peers, p) {
+        lk_xmsg m = present_msg(p->active);
+        send_peer_present(w, c, &m);
+    }
+    lk_xmsg req = {.kind = LK_X_WATCH_REQ, .c = lk_core_conn_token(c)};
+    lk_shard_broadcast(w, &req);
 }
 
-void lk_route_close_peer(lk_worker *w, lk_conn *c, const uint8_t key[LK_KEY_LEN])
+static void close_key(lk_worker *w, lk_conn *keep, const uint8_t key[LK_KEY_LEN])
 {
     lk_peer *p;
     while ((p = lk_peers_find(&w->peers, key)) != NULL) {
         lk_conn *victim = p->conns;
-        while (victim == c)
+        while (victim == keep)
             victim = victim->dup_next;
         if (!victim)
             break;
         lk_conn_close(w, victim, -1);
+    }
+}
+
+void lk_route_close_peer(lk_worker *w, lk_conn *c, const uint8_t key[LK_KEY_LEN])
+{
+    uint32_t owner = lk_shard_owner(w->relay, key);
+    if (owner == w->index) {
+        close_key(w, c, key);
+        return;
+    }
+    lk_xmsg m = {.kind = LK_X_CLOSE_PEER};
+    memcpy(m.key, key, LK_KEY_LEN);
+    lk_shard_send(w, owner, &m, 0);
+}
+
+/* ---- control messages from other workers ---------------------------------- */
+
+void lk_route_remote_event(lk_worker *w, lk_xmsg *m)
+{
+    switch (m->kind) {
+    case LK_X_NOTHERE: {
+        lk_conn *from = lk_core_conn_from_token(w, m->b);
+        if (from && from->state == LK_CS_STEADY)
+            not_here(w, from, m->key);
+        break;
+    }
+    case LK_X_SEEN: {
+        lk_peer *sp = lk_peers_find(&w->peers, m->key);
+        if (sp && sp->id == m->a)
+            lk_peers_note_seen(sp, m->from, m->b, (lk_conn *)(uintptr_t)m->c);
+        break;
+    }
+    case LK_X_GONE:
+        gone_to_receiver(w, (lk_conn *)(uintptr_t)m->c, m->b, m->key, m->a);
+        break;
+    case LK_X_PRESENT:
+        to_local_watchers(w, m, 1);
+        break;
+    case LK_X_WATCH_GONE:
+        to_local_watchers(w, m, 0);
+        break;
+    case LK_X_PRESENT_TO: {
+        lk_conn *wt = lk_core_conn_from_token(w, m->c);
+        if (wt && wt->watcher)
+            send_peer_present(w, wt, m);
+        break;
+    }
+    case LK_X_WATCH_REQ: {
+        lk_peer *p;
+        lk_peers_foreach(&w->peers, p) {
+            lk_xmsg reply = present_msg(p->active);
+            reply.kind = LK_X_PRESENT_TO;
+            reply.c = m->c;
+            lk_shard_send(w, m->from, &reply, 0);
+        }
+        break;
+    }
+    case LK_X_CLOSE_PEER:
+        close_key(w, NULL, m->key);
+        break;
     }
 }

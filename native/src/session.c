@@ -7,6 +7,7 @@
 
 #include "core.h"
 #include "handshake.h"
+#include "shard.h"
 #include "tls.h"
 
 static enum lk_body_action frame_begin(void *ctx, uint8_t type, uint32_t len, uint8_t **dst);
@@ -31,7 +32,7 @@ static void start_derp(lk_worker *w, lk_conn *c, const lk_http_request *req)
     /* fast start: the client knows our key already and expects no HTTP reply */
     if (!req->fast_start) {
         size_t n = lk_http_build_101(w->relay->public_key, head, sizeof head);
-        if (lk_out_ctrl(w, c, head, (uint32_t)n) != 0)
+        if (lk_out_http(w, c, head, (uint32_t)n) != 0)
             return;
     }
     lk_build_server_key(server_key, w->relay->public_key);
@@ -49,7 +50,7 @@ static void answer_http(lk_worker *w, lk_conn *c, const lk_http_request *req)
     size_t n = lk_http_build_response(req, resp, sizeof resp);
     c->state = LK_CS_HTTP_REPLIED;
     c->close_when_flushed = 1;
-    if (n == 0 || lk_out_ctrl(w, c, resp, (uint32_t)n) != 0)
+    if (n == 0 || lk_out_http(w, c, resp, (uint32_t)n) != 0)
         lk_conn_close(w, c, LK_C_CLOSE_HTTP);
 }
 
@@ -86,6 +87,29 @@ static long feed_http(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
     return c->state == LK_CS_WAIT_CLIENT_INFO ? (long)used : -1;
 }
 
+static void keep_pipelined(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
+{
+    lk_bytes *b = &c->pipelined;
+    if (n == 0)
+        return;
+    if (b->len + n > LK_CLIENT_INFO_MAX) {  /* a flood before ServerInfo: not a client */
+        lk_conn_close(w, c, LK_C_CLOSE_PROTOCOL);
+        return;
+    }
+    if (b->len + n > b->cap) {
+        uint32_t cap = (uint32_t)(b->len + n) * 2;
+        uint8_t *d = realloc(b->data, cap);
+        if (!d) {
+            lk_conn_close(w, c, LK_C_CLOSE_HANDSHAKE);
+            return;
+        }
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, data, n);
+    b->len += (uint32_t)n;
+}
+
 static void feed(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
 {
     while (n > 0) {
@@ -97,6 +121,10 @@ static void feed(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
             n -= (size_t)used;
             continue;
         }
+        if (c->state == LK_CS_HANDOFF) {
+            keep_pipelined(w, c, data, n);
+            return;
+        }
         if (c->state != LK_CS_WAIT_CLIENT_INFO && c->state != LK_CS_STEADY)
             return;  /* e.g. a reply is being written before closing */
         size_t used;
@@ -105,11 +133,25 @@ static void feed(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
             lk_conn_close(w, c, c->close_reason);
             return;
         }
-        if (rc > 0)
-            return;  /* frame_end closed the connection */
+        if (rc > 0) {
+            /* frame_end closed the connection, or ClientInfo completed on the
+             * acceptor: what follows belongs to the owning worker */
+            if (c->state == LK_CS_HANDOFF)
+                keep_pipelined(w, c, data + used, n - used);
+            return;
+        }
         data += used;
         n -= used;
     }
+}
+
+/* Acceptor: the connection is set up; move it (and what came after
+ * ClientInfo) to the worker that owns its key. */
+static void maybe_hand_off(lk_worker *w, lk_conn *c)
+{
+    if (c->state != LK_CS_HANDOFF)
+        return;
+    lk_shard_handoff(w, c, c->pipelined.data, c->pipelined.len);
 }
 
 void lk_core_received(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
@@ -117,6 +159,7 @@ void lk_core_received(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
     LK_COUNT_N(w, BYTES_IN, n);
     if (!c->tls) {
         feed(w, c, data, n);
+        maybe_hand_off(w, c);
         return;
     }
     lk_tls_input(c->tls, data, n);
@@ -140,11 +183,12 @@ void lk_core_received(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
         if (k == 0)
             break;
         feed(w, c, w->plain, (size_t)k);
-        if (c->state == LK_CS_CLOSING)
+        if (!lk_conn_alive(c))
             return;
     }
     if (lk_out_pending(c))
         lk_out_mark_dirty(w, c);
+    maybe_hand_off(w, c);
 }
 
 /* ---- frames ------------------------------------------------------------- */
@@ -201,22 +245,49 @@ static int client_info_done(lk_worker *w, lk_conn *c, uint32_t len)
     /* ServerInfo goes before anything queued for this client (5.1 step 4) */
     if (lk_out_ctrl(w, c, server_info, sizeof server_info) != 0)
         return 1;
-    if (lk_route_register(w, c) != 0) {
-        lk_log("worker %u: peer table full (%u keys); refusing a connection", w->index,
-               w->peers.n_entries);
-        lk_conn_close(w, c, LK_C_CLOSE_HANDSHAKE);
-        return 1;
-    }
-    c->state = LK_CS_STEADY;
     c->handshake_deadline = 0;
+    c->state = LK_CS_HANDOFF;
+    LK_COUNT(w, CONNS_HANDSHAKED);
+    return 1;  /* stop parsing: the rest is the owning worker's to read */
+}
+
+void lk_session_adopt(lk_worker *w, lk_handoff *h)
+{
+    lk_conn *c = lk_conn_alloc(w, h->fd);
+    if (!c) {
+        lk_tls_conn_free(h->tls);
+        free(h->ctrl.data);
+        free(h);
+        return;
+    }
+    c->id = h->id;
+    memcpy(c->key, h->key, LK_KEY_LEN);
+    memcpy(c->ip16, h->ip16, 16);
+    c->port = h->port;
+    c->mesh = h->mesh;
+    c->prober = h->prober;
+    c->not_ideal = h->not_ideal;
+    c->tls = h->tls;
+    c->ctrl = h->ctrl;
+    lk_frame_reader_init(&c->reader, frame_begin, frame_end, c);
+    c->state = LK_CS_STEADY;
     c->nothere_tokens = 3;
     c->nothere_stamp_ns = w->now;
     /* keepalive jitter: up to 5 s at the default 60 s period, scaled for short periods */
     uint64_t period = w->relay->cfg.keepalive_ms * LK_MS;
     c->next_keepalive = w->now + period + randombytes_uniform(1000) * (period / 12 / 1000);
     lk_arm(w, c->next_keepalive);
-    LK_COUNT(w, CONNS_HANDSHAKED);
-    return 0;
+    lk_out_mark_dirty(w, c);
+    if (lk_route_register(w, c) != 0) {
+        lk_log("worker %u: peer table full (%u keys); refusing a connection", w->index,
+               w->peers.n_entries);
+        lk_conn_close(w, c, LK_C_CLOSE_HANDSHAKE);
+    } else if (w->io->add_conn(w, c) != 0) {
+        lk_conn_close(w, c, LK_C_CLOSE_PEER);
+    } else {
+        feed(w, c, h->leftover, h->leftover_len);
+    }
+    free(h);
 }
 
 static void send_or_forward(lk_worker *w, lk_conn *c, uint8_t type, uint32_t len)
@@ -288,5 +359,5 @@ static int frame_end(void *ctx, uint8_t type, uint32_t len, uint8_t *payload)
             LK_COUNT(w, UNKNOWN_FRAMES);
         break;
     }
-    return c->state == LK_CS_CLOSING;
+    return !lk_conn_alive(c);
 }

@@ -10,7 +10,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <pthread.h>
+#include <sched.h>
+
 #include "core.h"
+#include "shard.h"
 #include "tls.h"
 
 int lk_worker_init(lk_worker *w, lk_relay *r, uint32_t index)
@@ -18,7 +22,12 @@ int lk_worker_init(lk_worker *w, lk_relay *r, uint32_t index)
     memset(w, 0, sizeof *w);
     w->relay = r;
     w->index = index;
+    w->acceptor = index == r->n_workers;
+    /* set-up is not the measured data path: the acceptor always uses epoll */
+    w->io = w->acceptor ? &lk_io_epoll : r->io;
     w->max_conns = r->cfg.max_conns;
+    w->wake_pending = calloc(r->n_threads, 1);
+    w->overflow = calloc(r->n_threads, sizeof *w->overflow);
     w->next_due = UINT64_MAX;
     w->shared = lk_shm_worker(&r->shm, index);
     w->conns = calloc(w->max_conns, sizeof *w->conns);
@@ -26,7 +35,7 @@ int lk_worker_init(lk_worker *w, lk_relay *r, uint32_t index)
     w->rbuf = malloc(LK_RBUF_LEN);
     w->rbuf_len = LK_RBUF_LEN;
     w->plain = malloc(LK_PLAIN_LEN);
-    if (!w->conns || !w->free_slots || !w->rbuf || !w->plain)
+    if (!w->conns || !w->free_slots || !w->rbuf || !w->plain || !w->wake_pending || !w->overflow)
         return lk_fail(LK_ERR_NOMEM, "cannot allocate %u connection slots", w->max_conns);
     for (uint32_t i = 0; i < w->max_conns; i++) {
         lk_conn *c = &w->conns[w->max_conns - 1 - i];
@@ -37,12 +46,14 @@ int lk_worker_init(lk_worker *w, lk_relay *r, uint32_t index)
         w->free_slots[i] = c->slot;
     }
     w->n_free = w->max_conns;
-    int rc = lk_peers_init(&w->peers, w->max_conns);
+    int rc = lk_peers_init(&w->peers, w->acceptor ? 1 : w->max_conns, &r->next_peer_id);
+    /* the acceptor never carries packets: anything pipelined moves with the conn */
+    uint32_t small = w->acceptor ? 64 : r->cfg.pool_packets;
+    uint32_t large = w->acceptor || small / 64 < 64 ? 64 : small / 64;
     if (rc == LK_OK)
-        rc = lk_pool_init(&w->pool, (uint16_t)index, r->cfg.pool_packets,
-                          r->cfg.pool_packets / 64 > 64 ? r->cfg.pool_packets / 64 : 64);
+        rc = lk_pool_init(&w->pool, (uint16_t)index, small, large);
     if (rc == LK_OK)
-        rc = r->io->init(w);
+        rc = w->io->init(w);
     return rc;
 }
 
@@ -55,7 +66,7 @@ void lk_worker_destroy(lk_worker *w)
             c = next;
         }
         if (w->io_state)
-            w->relay->io->destroy(w);
+            w->io->destroy(w);
         for (uint32_t i = 0; i < w->max_conns; i++) {
             free(w->conns[i].q_disco.slots);
             free(w->conns[i].q_other.slots);
@@ -63,6 +74,11 @@ void lk_worker_destroy(lk_worker *w)
     }
     lk_peers_destroy(&w->peers);
     lk_pool_destroy(&w->pool);
+    if (w->overflow)
+        for (uint32_t i = 0; i < w->relay->n_threads; i++)
+            free(w->overflow[i].msgs);
+    free(w->overflow);
+    free(w->wake_pending);
     free(w->conns);
     free(w->free_slots);
     free(w->rbuf);
@@ -86,7 +102,16 @@ void lk_arm(lk_worker *w, uint64_t deadline)
         w->next_due = deadline;
 }
 
-void lk_pkt_free(lk_worker *w, lk_pkt *pkt) { lk_pool_put(&w->pool, pkt); }
+void lk_pkt_free(lk_worker *w, lk_pkt *pkt)
+{
+    if (pkt->owner == w->index) {
+        lk_pool_put(&w->pool, pkt);
+        return;
+    }
+    /* share-nothing pools: a buffer goes home to the worker that took it */
+    lk_xmsg m = {.kind = LK_X_FREE, .pkt = pkt};
+    lk_shard_send(w, pkt->owner, &m, 0);
+}
 
 /* Zero a slot for reuse, keeping what outlives a connection: its queues'
  * storage, its generation, and its place on the flush list. */
@@ -117,28 +142,36 @@ static void set_remote(lk_conn *c, const struct sockaddr_storage *sa)
     }
 }
 
-void lk_core_accepted(lk_worker *w, int fd, const struct sockaddr_storage *addr)
+lk_conn *lk_conn_alloc(lk_worker *w, int fd)
 {
-    LK_COUNT(w, CONNS_ACCEPTED);
     if (w->n_free == 0) {
         lk_log("worker %u: all %u connection slots in use; refusing a connection (raise "
                "max_conns)", w->index, w->max_conns);
         LK_COUNT(w, SYS_CLOSE);
         close(fd);
-        return;
+        return NULL;
     }
     lk_conn *c = &w->conns[w->free_slots[--w->n_free]];
     conn_reset(c);
     c->gen++;
     c->fd = fd;
     c->worker = w;
-    c->id = __atomic_add_fetch(&w->relay->next_conn_id, 1, __ATOMIC_RELAXED);
-    set_remote(c, addr);
     c->all_next = w->all;
     if (w->all)
         w->all->all_prev = c;
     w->all = c;
     w->stats.c[LK_G_CONNS_CURRENT]++;
+    return c;
+}
+
+void lk_core_accepted(lk_worker *w, int fd, const struct sockaddr_storage *addr)
+{
+    LK_COUNT(w, CONNS_ACCEPTED);
+    lk_conn *c = lk_conn_alloc(w, fd);
+    if (!c)
+        return;
+    c->id = __atomic_add_fetch(&w->relay->next_conn_id, 1, __ATOMIC_RELAXED);
+    set_remote(c, addr);
     /* frames are small and latency matters: no Nagle delay */
     int one = 1;
     LK_COUNT(w, SYS_OTHER);
@@ -149,27 +182,40 @@ void lk_core_accepted(lk_worker *w, int fd, const struct sockaddr_storage *addr)
         return;
     }
     lk_session_start(w, c);
-    if (w->relay->io->add_conn(w, c) != 0)
+    if (w->io->add_conn(w, c) != 0)
         lk_conn_close(w, c, LK_C_CLOSE_PEER);
 }
 
-void lk_conn_close(lk_worker *w, lk_conn *c, int reason_counter)
+static void unlink_all(lk_worker *w, lk_conn *c)
 {
-    if (c->state == LK_CS_CLOSING || c->state == LK_CS_FREE)
-        return;
-    c->state = LK_CS_CLOSING;  /* first: nothing may be queued to c from here on */
-    if (reason_counter >= 0)
-        w->stats.c[reason_counter]++;
-    LK_COUNT(w, CONNS_CLOSED);
-    w->stats.c[LK_G_CONNS_CURRENT]--;
-    lk_route_unregister(w, c);
     if (c->all_prev)
         c->all_prev->all_next = c->all_next;
     else
         w->all = c->all_next;
     if (c->all_next)
         c->all_next->all_prev = c->all_prev;
-    w->relay->io->close_conn(w, c);
+    w->stats.c[LK_G_CONNS_CURRENT]--;
+}
+
+void lk_conn_detach(lk_worker *w, lk_conn *c)
+{
+    w->io->detach(w, c);
+    unlink_all(w, c);
+    c->state = LK_CS_CLOSING;
+    lk_core_release(w, c);
+}
+
+void lk_conn_close(lk_worker *w, lk_conn *c, int reason_counter)
+{
+    if (!lk_conn_alive(c))
+        return;
+    c->state = LK_CS_CLOSING;  /* first: nothing may be queued to c from here on */
+    if (reason_counter >= 0)
+        w->stats.c[reason_counter]++;
+    LK_COUNT(w, CONNS_CLOSED);
+    lk_route_unregister(w, c);
+    unlink_all(w, c);
+    w->io->close_conn(w, c);
 }
 
 void lk_core_release(lk_worker *w, lk_conn *c)
@@ -179,6 +225,8 @@ void lk_core_release(lk_worker *w, lk_conn *c)
         lk_pkt_free(w, c->rx_pkt);
     free(c->head);
     free(c->client_info);
+    free(c->pipelined.data);
+    c->pipelined = (lk_bytes){0};
     lk_tls_conn_free(c->tls);
     c->rx_pkt = NULL;
     c->head = NULL;
@@ -252,11 +300,25 @@ static int wait_timeout_ms(const lk_worker *w)
     return ms > 60000 ? 60000 : (int)ms;
 }
 
+static void pin(lk_worker *w)
+{
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET((int)(w->index % (uint32_t)(ncpu > 0 ? ncpu : 1)), &set);
+    LK_COUNT(w, SYS_OTHER);
+    int e = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    if (e != 0)
+        lk_log("worker %u: cannot pin to a CPU: %s", w->index, strerror(e));
+}
+
 void *lk_worker_main(void *arg)
 {
     lk_worker *w = arg;
     lk_relay *r = w->relay;
     uint64_t last_publish = 0;
+    if (!w->acceptor && (r->cfg.switches & LK_SW_PIN_CPUS))
+        pin(w);
     w->now = lk_now_ns();
     publish(w);
     while (!__atomic_load_n(&r->stopping, __ATOMIC_ACQUIRE)) {
@@ -266,17 +328,23 @@ void *lk_worker_main(void *arg)
             publish(w);
             last_publish = w->now;
         }
+        if (timeout != 0 && lk_shard_prepare_sleep(w))
+            timeout = 0;  /* another worker already sent us something */
         /* the backend refreshes w->now as soon as it wakes */
-        if (r->io->wait(w, timeout) < 0) {
+        int rc = w->io->wait(w, timeout);
+        lk_shard_awake(w);
+        if (rc < 0) {
             w->result = LK_ERR_SYSTEM;
             break;
         }
         LK_COUNT(w, LOOP_PASSES);
+        lk_shard_drain(w);
         lk_out_flush_dirty(w);
         if (w->now >= w->next_due) {
             run_timers(w);
             lk_out_flush_dirty(w);
         }
+        lk_shard_flush(w);
         if (w->now - last_publish >= LK_MS) {
             publish(w);
             last_publish = w->now;

@@ -12,18 +12,30 @@
 #include "pool.h"
 
 struct lk_tls_ctx;
+struct lk_spsc;
+struct lk_xmsg;
+
+/* Messages a full ring could not take yet (never packets: those drop). */
+typedef struct lk_overflow {
+    struct lk_xmsg *msgs;
+    uint32_t len, cap;
+} lk_overflow;
 
 typedef struct lk_relay {
     lk_relay_config cfg;
     uint8_t public_key[LK_KEY_LEN];
     struct lk_tls_ctx *tls;
     lk_shm shm;
-    const lk_io_ops *io;
-    struct lk_worker *workers;
+    const lk_io_ops *io;          /* the data workers' backend */
+    struct lk_worker *workers;    /* n_workers data workers, then the acceptor */
     uint32_t n_workers;
+    uint32_t n_threads;           /* n_workers + 1 */
+    struct lk_spsc *rings;        /* n_threads x n_threads, [from][to] */
+    uint8_t shard_key[16];        /* keyed hash: key -> owning worker */
     int stopping;                 /* atomic: set by lk_relay_stop() */
     int stop_fd;                  /* eventfd every worker watches; written by lk_relay_stop() */
     uint64_t next_conn_id;        /* atomic */
+    uint64_t next_peer_id;        /* atomic */
 } lk_relay;
 
 typedef struct lk_worker {
@@ -32,7 +44,12 @@ typedef struct lk_worker {
     pthread_t thread;
     int thread_started;
     int result;                   /* LK_OK or the error that stopped this worker */
+    int acceptor;                 /* sets connections up and hands them on */
+    const lk_io_ops *io;
     void *io_state;               /* the backend's own */
+    int sleeping;                 /* atomic: blocked in the backend's wait */
+    uint8_t *wake_pending;        /* per thread: sent to it this pass */
+    lk_overflow *overflow;        /* per thread */
 
     lk_worker_counters stats;     /* private; published each loop pass */
     lk_worker_counters *shared;
