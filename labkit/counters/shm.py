@@ -70,7 +70,8 @@ class ShmCounters:
 
     def snapshot(self) -> list[dict[str, Any]]:
         """One dict per published slot: every counter by name, plus `ns` (CLOCK_MONOTONIC
-        of the slot's last publication) and `completions_hist` (LK_HIST_BUCKETS ints).
+        of the slot's last publication), `tid` (the publishing thread's kernel TID, 0
+        until its first publication) and `completions_hist` (LK_HIST_BUCKETS ints).
 
         Slots are the relay's data workers in order, then any thread of its own that
         counts (the acceptor), as the header's n_workers says."""
@@ -86,6 +87,7 @@ class ShmCounters:
                 )
             row: dict[str, Any] = dict(zip(self._names, ffi.unpack(out.c, n), strict=True))
             row["ns"] = out.ns
+            row["tid"] = out.tid
             row["completions_hist"] = ffi.unpack(out.completions_hist, lib.LK_HIST_BUCKETS)
             workers.append(row)
         return workers

@@ -83,12 +83,14 @@ void lk_relay_stop(void);
 
 /* ---- shared-memory counters ------------------------------------------------
  * The relay (and load generator) publish per-worker counters to a POSIX shm
- * region: one header, then n_workers lk_worker_counters.  Each worker copies
+ * region: one header, then n_workers lk_worker_counters.  The relay's slots
+ * are its data workers in order, then its acceptor thread (connection set-up);
+ * the load generator's are its threads.  Each worker copies
  * its private counters out under a seqlock once per loop pass, so a reader
  * in another process gets consistent snapshots without asking the relay.
  */
 #define LK_SHM_MAGIC 1279476564
-#define LK_SHM_LAYOUT 1
+#define LK_SHM_LAYOUT 2
 #define LK_MAX_WORKERS 64
 #define LK_MAX_COUNTERS 96
 #define LK_HIST_BUCKETS 16
@@ -168,6 +170,7 @@ typedef struct lk_shm_header {
 typedef struct lk_worker_counters {
     uint64_t seq;             /* seqlock: odd while the worker writes */
     uint64_t ns;              /* CLOCK_MONOTONIC of this publication */
+    uint64_t tid;             /* the publishing thread's kernel TID (for perf -t, /proc) */
     uint64_t c[LK_MAX_COUNTERS];
     uint64_t completions_hist[LK_HIST_BUCKETS]; /* CQEs per io_uring_enter, log2 buckets */
 } lk_worker_counters;

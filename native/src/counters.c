@@ -83,10 +83,15 @@ static void copy_words(uint64_t *dst, const uint64_t *src, size_t n)
 
 void lk_counters_publish(lk_worker_counters *shared, const lk_worker_counters *local)
 {
+    /* gettid is a syscall: ask once per thread */
+    static _Thread_local uint64_t tid;
+    if (!tid)
+        tid = (uint64_t)gettid();
     uint64_t seq = __atomic_load_n(&shared->seq, __ATOMIC_RELAXED);
     __atomic_store_n(&shared->seq, seq + 1, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_RELEASE);
     copy_words(&shared->ns, &local->ns, LK_PAYLOAD_WORDS);
+    __atomic_store_n(&shared->tid, tid, __ATOMIC_RELAXED);
     __atomic_store_n(&shared->seq, seq + 2, __ATOMIC_RELEASE);
 }
 

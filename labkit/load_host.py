@@ -1,0 +1,167 @@
+"""The load host: the process behind `labkit load ...` (see labkit.load for the parent).
+
+A thin Python host around one blocking C call, like labkit.relay_host: it checks the
+config, runs lk_load_run() in a thread (cffi releases the GIL), and turns SIGTERM/SIGINT
+into lk_load_stop(), which ends the measured window early; the run still drains and
+reports.
+
+Protocol with the parent (with --json): one line {"event": "ready", ...} once every pair
+has completed its DERP handshake (warm-up starts then), and at the end exactly one line
+{"event": "result", ...}; exit 0. Failures go to stderr as
+`labkit load: <what failed>: <detail>` with exit 2. Without --json the same facts are
+printed for a person.
+"""
+
+import json
+import os
+import secrets
+import select
+import signal
+import sys
+import threading
+from typing import Any
+
+from labkit.config import ConfigError
+from labkit.load import LoadConfig, LoadResult
+
+EXIT_FAILED = 2
+# How often the waiting main thread repeats a requested stop: lk_load_run clears stale
+# stops when it starts, so a signal that lands before that must be repeated.
+STOP_REPEAT_S = 0.05
+
+
+def _first_line(fd: int, done_fd: int, stop: threading.Event) -> bytes | None:
+    """The first line written to fd, or None if done_fd becomes readable first."""
+    from labkit.native import lib
+
+    buf = b""
+    while not buf.endswith(b"\n"):
+        readable, _, _ = select.select([fd, done_fd], [], [], STOP_REPEAT_S)
+        if stop.is_set():
+            lib.lk_load_stop()
+        if fd in readable:
+            chunk = os.read(fd, 64)
+            if not chunk:
+                return None
+            buf += chunk
+        elif done_fd in readable:
+            return None
+    return buf
+
+
+def _wait_done(done_fd: int, stop: threading.Event) -> None:
+    from labkit.native import lib
+
+    while not select.select([done_fd], [], [], STOP_REPEAT_S)[0]:
+        if stop.is_set():
+            lib.lk_load_stop()
+
+
+def _totals(shm: Any) -> dict[str, int]:
+    """All-phase packet counts from the generator's own counters (the host's mapping
+    outlives the C side's unlink, and every thread publishes once more as it exits)."""
+    if shm is None:
+        return {}
+    rows = shm.snapshot()
+    shm.close()
+    return {
+        "total_sent": sum(r["load_sent"] for r in rows),
+        "total_received": sum(r["load_received"] for r in rows),
+    }
+
+
+def run(cfg: LoadConfig, as_json: bool) -> int:
+    """Run one load for cfg. Returns the process exit code."""
+    cfg.validate()
+    from labkit.counters.shm import ShmCounters
+    from labkit.native import ffi, lib  # here: --help and config errors need no build
+
+    shm_name = f"/labkit-load-{os.getpid()}-{secrets.token_hex(4)}"
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    c_cfg, _keepalive = cfg.to_c(ffi, lib, ready_fd=ready_w, shm_name=shm_name)
+    out = ffi.new("lk_load_result *")
+    outcome: dict[str, Any] = {}
+
+    def body() -> None:
+        rc = lib.lk_load_run(c_cfg, out)
+        outcome["rc"] = rc
+        if rc != lib.LK_OK:
+            # Read the detail on this thread, right after the failure that set it.
+            outcome["error"] = (
+                f"{ffi.string(lib.lk_strerror(rc)).decode()}: "
+                f"{ffi.string(lib.lk_last_error()).decode(errors='replace')}"
+            )
+        os.write(done_w, b"x")
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+        lib.lk_load_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    shm = None
+    load_thread = threading.Thread(target=body, name="lk_load_run")
+    load_thread.start()
+    try:
+        if _first_line(ready_r, done_r, stop) is not None:
+            shm = ShmCounters(shm_name)
+            announce(cfg, shm_name, as_json)
+        _wait_done(done_r, stop)
+        load_thread.join()
+    finally:
+        for fd in (ready_r, ready_w, done_r, done_w):
+            os.close(fd)
+    if outcome["rc"] != lib.LK_OK:
+        if shm is not None:
+            shm.close()
+        print(f"labkit load: {outcome['error']}", file=sys.stderr)
+        return EXIT_FAILED
+    result = LoadResult.from_c(ffi, out, **_totals(shm))
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json()) + "\n")
+    else:
+        print(summary(cfg, result))
+    sys.stdout.flush()
+    return 0
+
+
+def announce(cfg: LoadConfig, shm_name: str, as_json: bool) -> None:
+    if as_json:
+        event = {
+            "event": "ready",
+            "pid": os.getpid(),
+            "shm": shm_name,
+            "target": f"{cfg.host}:{cfg.port}",
+            "tls": cfg.tls,
+            "mode": cfg.mode,
+            "pairs": cfg.pairs,
+            "threads": cfg.threads,
+        }
+        sys.stdout.write(json.dumps(event) + "\n")
+    else:
+        sys.stdout.write(f"labkit load: {cfg.pairs} pairs connected to {cfg.host}:{cfg.port}; "
+                         f"warm-up {cfg.warmup:g} s, then {cfg.duration:g} s measured\n")
+    sys.stdout.flush()
+
+
+def summary(cfg: LoadConfig, r: LoadResult) -> str:
+    kind = "round trip" if cfg.mode == "echo" else "one-way"
+    lat = r.latency
+    return (
+        f"{r.mbps:.1f} Mbps, {r.pps:.0f} packets/s over {r.seconds:.2f} s; "
+        f"sent {r.sent}, received {r.received}, lost {r.lost} ({r.loss_pct:.2f} %)\n"
+        f"{kind} latency µs: p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  "
+        f"p99 {lat['p99']:.1f}  p99.9 {lat['p999']:.1f}  min {lat['min']:.1f}  "
+        f"max {lat['max']:.1f}  mean {lat['mean']:.1f}"
+    )
+
+
+def main(cfg: LoadConfig, as_json: bool) -> int:
+    try:
+        return run(cfg, as_json)
+    except (ConfigError, ImportError) as e:
+        print(f"labkit load: {e}", file=sys.stderr)
+        return EXIT_FAILED
