@@ -26,7 +26,7 @@ enum lk_conn_state {
 
 #define LK_HTTP_HEAD_MAX 16384
 #define LK_SMALL_BODY 1024    /* Ping, NotePreferred, ClosePeer payloads */
-#define LK_TX_MAX 128         /* frames the writer holds / one vectored send may carry */
+#define LK_TX_MAX 512         /* frames the writer holds / one vectored send may carry */
 
 /* A bounded FIFO of packets for one destination: head-drop when full (7.3). */
 typedef struct lk_pktq {
@@ -93,8 +93,14 @@ typedef struct lk_conn {
     uint32_t iov_ctrl;          /* ctrl bytes in iov */
     uint32_t iov_pkts;          /* tx packets (fully or partly) in iov */
 
-    /* TLS (user mode); NULL when plain */
+    /* TLS (user mode, and kTLS mode until the handshake ends); NULL when
+     * plain or once the kernel holds the keys */
     struct lk_tls_conn *tls;
+    /* kTLS handshake: the backend must receive with MSG_PEEK, and the core
+     * consumes only the records OpenSSL took, so the first application
+     * record is still in the socket when the kernel takes over (session.c) */
+    uint8_t ktls_peek;
+    uint8_t ktls;               /* the kernel encrypts and decrypts this connection */
 
     /* timers, CLOCK_MONOTONIC ns; 0 = not armed */
     uint64_t handshake_deadline;

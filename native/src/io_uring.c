@@ -25,9 +25,16 @@
 #include "core.h"
 
 #define UR_ENTRIES 1024
-#define UR_PBUF_COUNT 256        /* power of two */
+#define UR_PBUF_COUNT 64         /* power of two; small on purpose, see below */
 #define UR_PBUF_SIZE (32u * 1024)
 #define UR_CONN_BUF (32u * 1024)
+/* Packets one loop pass may take in before its sends go out.  Beyond it,
+ * receive completions wait (in order) for the next pass, holding their
+ * buffers: the small buffer ring then runs dry, the kernel leaves data in
+ * the sockets, and TCP slows the senders.  Without this, multishot recv
+ * drains every socket as fast as data arrives and the relay can only drop
+ * what its writers cannot keep up with (derper's collapse under load). */
+#define UR_PASS_BUDGET LK_TX_MAX
 #define UR_BGID 1
 
 /* user_data: operation in the top byte, then 24 bits of generation, then slot */
@@ -40,6 +47,8 @@ typedef struct ur_state {
     uint8_t *bufs;
     int wake_fd;
     uint64_t wake_value;
+    struct io_uring_cqe *parked;   /* receive completions left for the next pass */
+    uint32_t n_parked, cap_parked;
 } ur_state;
 
 static uint64_t ud(enum ur_op op, const lk_conn *c)
@@ -240,6 +249,11 @@ static int ur_init(lk_worker *w)
                        : rc == -EPERM ? " (io_uring disabled: see sysctl kernel.io_uring_disabled)"
                                       : "");
     }
+    /* at most one held buffer or one pending receive per connection, plus the ring */
+    s->cap_parked = w->max_conns + UR_PBUF_COUNT;
+    s->parked = malloc(s->cap_parked * sizeof *s->parked);
+    if (!s->parked)
+        return lk_fail(LK_ERR_NOMEM, "no memory for parked completions");
     if (s->pbuf && (rc = setup_buf_ring(s)) != LK_OK)
         return rc;
     if (s->multishot && (rc = probe_multishot(s)) != LK_OK)
@@ -262,6 +276,7 @@ static void ur_destroy(lk_worker *w)
     if (s->br)
         munmap(s->br, UR_PBUF_COUNT * sizeof(struct io_uring_buf));
     free(s->bufs);
+    free(s->parked);
     if (s->wake_fd >= 0)
         close(s->wake_fd);
     free(s);
@@ -387,8 +402,11 @@ static void dispatch(lk_worker *w, struct io_uring_cqe *cqe)
     case OP_RECV:
     case OP_SEND: {
         lk_conn *c = ud_conn(w, v);
-        if (!c)
+        if (!c) {  /* cannot happen while io_refs holds the slot; never leak a buffer */
+            if (cqe->flags & IORING_CQE_F_BUFFER)
+                return_buf(w->io_state, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
             break;
+        }
         if ((v >> 56) == OP_RECV)
             on_recv(w, c, cqe);
         else
@@ -403,6 +421,8 @@ static int ur_wait(lk_worker *w, int timeout_ms)
     ur_state *s = w->io_state;
     struct io_uring_cqe *cqe;
     int rc;
+    if (s->n_parked)
+        timeout_ms = 0;  /* parked work is ready now */
     if (timeout_ms != 0 && will_enter(s, 1))
         LK_COUNT(w, SYS_IO_URING_ENTER);
     if (timeout_ms < 0) {
@@ -418,9 +438,21 @@ static int ur_wait(lk_worker *w, int timeout_ms)
     w->now = lk_now_ns();
     if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY)
         return lk_fail(LK_ERR_SYSTEM, "io_uring wait: %s", strerror(-rc));
+    uint64_t budget_end = w->stats.c[LK_C_PACKETS_IN] + UR_PASS_BUDGET;
+    uint32_t done = 0;
+    while (done < s->n_parked && w->stats.c[LK_C_PACKETS_IN] < budget_end)
+        dispatch(w, &s->parked[done++]);
+    s->n_parked -= done;
+    memmove(s->parked, s->parked + done, s->n_parked * sizeof *s->parked);
     unsigned head, reaped = 0;
     io_uring_for_each_cqe(&s->ring, head, cqe) {
-        dispatch(w, cqe);
+        int is_recv = (io_uring_cqe_get_data64(cqe) >> 56) == OP_RECV;
+        /* receives stay in order behind any already parked */
+        if (is_recv && (s->n_parked || w->stats.c[LK_C_PACKETS_IN] >= budget_end) &&
+            s->n_parked < s->cap_parked)
+            s->parked[s->n_parked++] = *cqe;
+        else
+            dispatch(w, cqe);
         reaped++;
     }
     io_uring_cq_advance(&s->ring, reaped);
