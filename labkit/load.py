@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -389,7 +390,7 @@ class Load:
         if self._proc is None:
             return None
         if self._result is None and self._proc.poll() is None:
-            self._proc.send_signal(15)  # pid of our own unreaped child: cannot be reused
+            self._proc.send_signal(signal.SIGTERM)  # our unreaped child: the pid is its own
             try:
                 self.wait(self.stop_grace + DRAIN_SECONDS)
             except LoadError:

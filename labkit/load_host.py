@@ -30,15 +30,47 @@ EXIT_FAILED = 2
 STOP_REPEAT_S = 0.05
 
 
-def _first_line(fd: int, done_fd: int, stop: threading.Event) -> bytes | None:
-    """The first line written to fd, or None if done_fd becomes readable first."""
-    from labkit.native import lib
+class _StopRepeater:
+    """Turns SIGTERM/SIGINT into lk_load_stop(), repeated every STOP_REPEAT_S until the
+    run ends: lk_load_run clears stale stops as it starts, so a signal that lands before
+    that must be repeated. Until a signal comes the main thread sleeps in select()
+    without a timeout (no polling in the measured process)."""
 
+    def __init__(self, lib: Any) -> None:
+        self._lib = lib
+        self.requested = False
+        self._wake_r, self._wake_w = os.pipe()
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.requested = True
+        self._lib.lk_load_stop()
+        os.write(self._wake_w, b"s")  # wake the select below, which would otherwise resume
+
+    def select(self, fds: list[int]) -> list[int]:
+        """Wait for one of fds; repeat the stop while one is pending."""
+        while True:
+            readable, _, _ = select.select([*fds, self._wake_r], [], [],
+                                           STOP_REPEAT_S if self.requested else None)
+            if self.requested:
+                self._lib.lk_load_stop()
+            if self._wake_r in readable:
+                os.read(self._wake_r, 64)
+            hits = [fd for fd in readable if fd in fds]
+            if hits:
+                return hits
+
+    def close(self) -> None:
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
+def _first_line(fd: int, done_fd: int, stop: _StopRepeater) -> bytes | None:
+    """The first line written to fd, or None if done_fd becomes readable first."""
     buf = b""
     while not buf.endswith(b"\n"):
-        readable, _, _ = select.select([fd, done_fd], [], [], STOP_REPEAT_S)
-        if stop.is_set():
-            lib.lk_load_stop()
+        readable = stop.select([fd, done_fd])
         if fd in readable:
             chunk = os.read(fd, 64)
             if not chunk:
@@ -47,14 +79,6 @@ def _first_line(fd: int, done_fd: int, stop: threading.Event) -> bytes | None:
         elif done_fd in readable:
             return None
     return buf
-
-
-def _wait_done(done_fd: int, stop: threading.Event) -> None:
-    from labkit.native import lib
-
-    while not select.select([done_fd], [], [], STOP_REPEAT_S)[0]:
-        if stop.is_set():
-            lib.lk_load_stop()
 
 
 def _totals(shm: Any) -> dict[str, int]:
@@ -94,14 +118,7 @@ def run(cfg: LoadConfig, as_json: bool) -> int:
             )
         os.write(done_w, b"x")
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-        lib.lk_load_stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = _StopRepeater(lib)
     shm = None
     load_thread = threading.Thread(target=body, name="lk_load_run")
     load_thread.start()
@@ -109,11 +126,12 @@ def run(cfg: LoadConfig, as_json: bool) -> int:
         if _first_line(ready_r, done_r, stop) is not None:
             shm = ShmCounters(shm_name)
             announce(cfg, shm_name, as_json)
-        _wait_done(done_r, stop)
+        stop.select([done_r])
         load_thread.join()
     finally:
         for fd in (ready_r, ready_w, done_r, done_w):
             os.close(fd)
+        stop.close()
     if outcome["rc"] != lib.LK_OK:
         if shm is not None:
             shm.close()

@@ -9,22 +9,18 @@ perf, /proc and py-spy see the relay alone. It is stopped by pid (SIGTERM, then 
 after a grace period), never by name.
 """
 
-import collections
 import glob
 import json
 import os
-import select
-import signal
 import subprocess
 import sys
-import threading
 import time
 import weakref
-from typing import IO, Any
+from typing import Any
 
 from labkit.config import RelayConfig
+from labkit.process import LineReader, Tail, child_env, stop_pid, unlink_shm
 
-STDERR_TAIL_LINES = 200
 SHM_DIR = "/dev/shm"
 
 
@@ -48,54 +44,6 @@ class RelayStartTimeout(RelayError):
     """The relay did not report that it listens within start_timeout."""
 
 
-def sanitizer_env() -> dict[str, str]:
-    """Environment for a child that loads labkit._native_asan."""
-    from labkit.build import sanitizer_preload
-
-    return {
-        "LABKIT_SANITIZE": "1",
-        "LD_PRELOAD": sanitizer_preload(),
-        # Python's own allocations are never freed at exit: leak reports would be noise.
-        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0",
-    }
-
-
-class _Tail:
-    """A drained pipe's last lines. Draining matters: a full pipe would block the relay."""
-
-    def __init__(self, stream: IO[bytes], name: str) -> None:
-        self._lines: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._drain, args=(stream,), name=name,
-                                        daemon=True)
-        self._thread.start()
-
-    def _drain(self, stream: IO[bytes]) -> None:
-        with stream:
-            for raw in stream:
-                with self._lock:
-                    self._lines.append(raw.decode(errors="replace"))
-
-    def text(self) -> str:
-        with self._lock:
-            return "".join(self._lines)
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-
-def _stop_pid(proc: subprocess.Popen[bytes], grace: float) -> int:
-    """SIGTERM, wait up to grace, SIGKILL; returns the exit code. Signals go to proc's pid
-    only, and only while it is unreaped (so the pid cannot belong to another process)."""
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            return proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-    return proc.wait()
-
-
 class Relay:
     """A relay process for `cfg`: started by start() or `with`, stopped by stop().
 
@@ -111,8 +59,8 @@ class Relay:
         self.stop_grace = stop_grace
         self._env = env or {}
         self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr: _Tail | None = None
-        self._stdout: _Tail | None = None
+        self._stderr: Tail | None = None
+        self._stdout: Tail | None = None
         self._shm: Any = None
         self._crash_reported = False
         self._finalizer: weakref.finalize | None = None
@@ -123,9 +71,7 @@ class Relay:
     def start(self) -> "Relay":
         if self._proc is not None:
             raise RelayError("this Relay was already started; make a new one")
-        env = dict(os.environ) | self._env
-        if env.get("LABKIT_SANITIZE") == "1":
-            env |= sanitizer_env() | self._env
+        env = child_env(self._env)
         # A new session: Ctrl-C in a notebook interrupts the cell, not the relay.
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "labkit", "relay", *self.cfg.to_args()],
@@ -134,8 +80,8 @@ class Relay:
         )
         # If the caller forgets stop(), the relay still goes when this object or the
         # interpreter does.
-        self._finalizer = weakref.finalize(self, _stop_pid, self._proc, self.stop_grace)
-        self._stderr = _Tail(self._proc.stderr, f"relay-{self._proc.pid}-stderr")
+        self._finalizer = weakref.finalize(self, stop_pid, self._proc, self.stop_grace)
+        self._stderr = Tail(self._proc.stderr, f"relay-{self._proc.pid}-stderr")
         try:
             line = self._read_announcement()
         except BaseException:
@@ -143,31 +89,25 @@ class Relay:
             self._unlink_shm()
             raise
         self.info = json.loads(line)
-        self._stdout = _Tail(self._proc.stdout, f"relay-{self._proc.pid}-stdout")
+        self._stdout = Tail(self._proc.stdout, f"relay-{self._proc.pid}-stdout")
         return self
 
     def _read_announcement(self) -> bytes:
         assert self._proc is not None and self._proc.stdout is not None
-        fd = self._proc.stdout.fileno()
-        deadline = time.monotonic() + self.start_timeout
-        buf = b""
-        while not buf.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise RelayStartTimeout(
-                    f"relay pid {self._proc.pid} did not report listening within "
-                    f"{self.start_timeout} s; stderr tail:\n{self.stderr_tail}"
-                )
-            # os.read, not the buffered file: select must see every byte still unread.
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                code = self._proc.wait()
-                assert self._stderr is not None
-                self._stderr.join(self.stop_grace)
-                self._crash_reported = True
-                raise RelayCrashed(code, self.stderr_tail, "exited before it was ready")
-            buf += chunk
-        return buf
+        try:
+            line = LineReader(self._proc.stdout).readline(time.monotonic() + self.start_timeout)
+        except TimeoutError:
+            raise RelayStartTimeout(
+                f"relay pid {self._proc.pid} did not report listening within "
+                f"{self.start_timeout} s; stderr tail:\n{self.stderr_tail}"
+            ) from None
+        if line is None or not line.endswith(b"\n"):
+            code = self._proc.wait()
+            assert self._stderr is not None
+            self._stderr.join(self.stop_grace)
+            self._crash_reported = True
+            raise RelayCrashed(code, self.stderr_tail, "exited before it was ready")
+        return line
 
     def stop(self) -> int | None:
         """Stop the relay (SIGTERM, then SIGKILL after stop_grace); return its exit code
@@ -208,15 +148,12 @@ class Relay:
         # Before its announcement the name is unknown, but it starts with the relay's pid.
         assert self._proc is not None
         name = self.info.get("shm")
-        if name:
-            paths = [os.path.join(SHM_DIR, name.lstrip("/"))]
-        else:
-            paths = glob.glob(os.path.join(SHM_DIR, f"labkit-relay-{self._proc.pid}-*"))
-        for path in paths:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        names = [name] if name else [
+            os.path.basename(p)
+            for p in glob.glob(os.path.join(SHM_DIR, f"labkit-relay-{self._proc.pid}-*"))
+        ]
+        for n in names:
+            unlink_shm(n)
 
     def __enter__(self) -> "Relay":
         return self.start()

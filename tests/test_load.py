@@ -9,21 +9,21 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from modes import RELAY_MODES
 
 from labkit import ConfigError, Relay, RelayConfig
 from labkit.load import Load, LoadConfig, LoadFailed, LoadResult
 
-RELAY_MODES = [
-    pytest.param({"io": "epoll", "tls": "off"}, id="epoll-plain"),
-    pytest.param({"io": "epoll", "tls": "user"}, id="epoll-tls"),
-    pytest.param({"io": "uring", "tls": "off"}, id="uring-plain"),
-    pytest.param({"io": "uring", "tls": "user"}, id="uring-tls"),
-]
+# io {epoll, uring} x TLS {off, user} from the shared matrix (tests/modes.py), one worker:
+# a load run costs seconds, so the conformance suite covers the rest of the matrix.
+LOAD_MODES = [p for p in RELAY_MODES if set(p.values[0]) == {"io", "tls", "workers"}
+              and p.values[0]["workers"] == 1]
 
 
 def _eventually(read: Callable[[], Any], ok: Callable[[Any], bool], timeout: float = 3.0) -> Any:
@@ -55,8 +55,8 @@ def _check_latency(r: LoadResult) -> None:
 # ---- delivery and accounting ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", RELAY_MODES)
-def test_paced_throughput_has_zero_loss_and_matches_relay_counters(mode: dict[str, str]) -> None:
+@pytest.mark.parametrize("mode", LOAD_MODES)
+def test_paced_throughput_has_zero_loss_and_matches_relay_counters(mode: dict[str, Any]) -> None:
     with Relay(RelayConfig(**mode)) as relay:
         cfg = LoadConfig.for_relay(relay, pairs=2, size=1400, rate_mbps=50, duration=2,
                                    warmup=0.5)
@@ -150,6 +150,57 @@ def test_unreachable_target_fails_with_a_clear_message(closed_port: int) -> None
     assert e.value.exitcode == 2
     assert (f"labkit load: connection failed: pair 0 sender: connect to "
             f"127.0.0.1:{closed_port}: Connection refused") in e.value.stderr_tail
+
+
+def test_silent_server_times_out_naming_the_step() -> None:
+    # listens (the kernel completes the TCP handshake) but never answers the upgrade
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        port = s.getsockname()[1]
+        start = time.monotonic()
+        with pytest.raises(LoadFailed) as e:
+            Load(LoadConfig(port=port, pairs=1, duration=1)).start()
+        took = time.monotonic() - start
+    assert 5.0 <= took < 12.0
+    assert (f"no answer from 127.0.0.1:{port} within 5 s (waiting for the HTTP 101 "
+            "response)") in e.value.stderr_tail
+
+
+def test_non_derp_server_fails_the_handshake() -> None:
+    reply = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        s.settimeout(0.05)  # so the loop sees `done` promptly
+        done = threading.Event()
+
+        def serve() -> None:
+            conns = []
+            while not done.is_set():
+                try:
+                    c, _ = s.accept()
+                except TimeoutError:
+                    continue
+                conns.append(c)
+                try:
+                    c.settimeout(5)
+                    c.recv(4096)
+                    c.sendall(reply)
+                except OSError:
+                    pass  # the generator gave up on this one already
+            for c in conns:
+                c.close()
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        with pytest.raises(LoadFailed) as e:
+            Load(LoadConfig(port=s.getsockname()[1], pairs=1, duration=1)).start()
+        done.set()
+        server.join(10)  # before the listener closes under its accept()
+    assert e.value.exitcode == 2
+    assert ('answered "HTTP/1.1 404 Not Found" instead of 101 Switching Protocols'
+            in e.value.stderr_tail)
 
 
 def test_cli_unreachable_target_exits_2(closed_port: int) -> None:

@@ -33,7 +33,7 @@
 #define LK_LOAD_EVENTS 256
 #define LK_LOAD_CONNECT_NS (5000 * LK_MS)  /* connect + TLS + upgrade + DERP handshake */
 #define LK_LOAD_DRAIN_NS (500 * LK_MS)     /* after the window: wait this long for stragglers */
-#define LK_LOAD_PACE_NS 100000             /* a paced sender wakes at most every 100 us... */
+#define LK_LOAD_PACE_NS 100000             /* paced senders batch 100 us of their rate per send */
 #define LK_LOAD_PUBLISH_NS LK_MS           /* counters reach shared memory at most every 1 ms */
 
 /* The sequence number's top bit says "sent inside the measured window".  The

@@ -137,7 +137,8 @@ void lk_shard_handoff(lk_worker *acc, lk_conn *c, const uint8_t *leftover, size_
                       .leftover_len = (uint32_t)n};
     memcpy(h->key, c->key, LK_KEY_LEN);
     memcpy(h->ip16, c->ip16, 16);
-    memcpy(h->leftover, leftover, n);
+    if (n)  /* leftover is NULL when nothing was pipelined */
+        memcpy(h->leftover, leftover, n);
     /* the connection now belongs to its worker: forget it here without closing */
     c->tls = NULL;
     c->ctrl = (lk_bytes){0};
