@@ -438,23 +438,24 @@ static int ur_wait(lk_worker *w, int timeout_ms)
     w->now = lk_now_ns();
     if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY)
         return lk_fail(LK_ERR_SYSTEM, "io_uring wait: %s", strerror(-rc));
+    /* Sends and everything else first: a completed send frees its receiver's
+     * writer before new packets for it are routed.  Receives are parked, in
+     * order, and then handled up to the pass budget. */
+    unsigned head, reaped = 0;
+    io_uring_for_each_cqe(&s->ring, head, cqe) {
+        int is_recv = (io_uring_cqe_get_data64(cqe) >> 56) == OP_RECV;
+        if (is_recv && s->n_parked < s->cap_parked)
+            s->parked[s->n_parked++] = *cqe;
+        else
+            dispatch(w, cqe);
+        reaped++;
+    }
     uint64_t budget_end = w->stats.c[LK_C_PACKETS_IN] + UR_PASS_BUDGET;
     uint32_t done = 0;
     while (done < s->n_parked && w->stats.c[LK_C_PACKETS_IN] < budget_end)
         dispatch(w, &s->parked[done++]);
     s->n_parked -= done;
     memmove(s->parked, s->parked + done, s->n_parked * sizeof *s->parked);
-    unsigned head, reaped = 0;
-    io_uring_for_each_cqe(&s->ring, head, cqe) {
-        int is_recv = (io_uring_cqe_get_data64(cqe) >> 56) == OP_RECV;
-        /* receives stay in order behind any already parked */
-        if (is_recv && (s->n_parked || w->stats.c[LK_C_PACKETS_IN] >= budget_end) &&
-            s->n_parked < s->cap_parked)
-            s->parked[s->n_parked++] = *cqe;
-        else
-            dispatch(w, cqe);
-        reaped++;
-    }
     io_uring_cq_advance(&s->ring, reaped);
     LK_COUNT_N(w, CQES_REAPED, reaped);
     if (reaped)
