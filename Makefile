@@ -20,7 +20,7 @@ LAB_PORT ?= 8888
 START_NOTEBOOK := notebooks/00-start-here.ipynb
 
 APT_PACKAGES := build-essential pkg-config python3 python3-venv python3-dev liburing-dev \
-	libssl-dev libsodium-dev libffi-dev clang procps iproute2 user-mode-linux
+	libssl-dev libsodium-dev libffi-dev clang procps iproute2 user-mode-linux kmod
 # Installed when the distribution offers them; commas separate alternatives. perf is
 # linux-perf on Debian and linux-tools-generic on Ubuntu; Ubuntu ships chromium as a snap
 # rather than a deb, so there the browser tests need a chromium from elsewhere.
@@ -31,7 +31,7 @@ APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -q -y
 # The sanitizer pass: conformance and parser tests against labkit._native_asan.
 SANITIZE_TESTS ?= tests/conformance $(wildcard tests/test_*pars*.py)
 
-.PHONY: setup lab test clean
+.PHONY: setup lab test clean fuzz
 
 setup: $(STAMPS)/apt $(STAMPS)/venv build/native-release/build.json build/native-asan/build.json
 
@@ -99,6 +99,43 @@ test: setup
 	LABKIT_SANITIZE=1 ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
 	  LD_PRELOAD="$$($(PY) -c 'from labkit.build import sanitizer_preload as p; print(p())')" \
 	  $(PY) -m pytest $(SANITIZE_TESTS)
+
+# libFuzzer harnesses (native/fuzz/), ASan + UBSan, with Debian's clang. Each runs for
+# FUZZ_SECONDS; what it learns goes to build/fuzz/corpus/<name>, the committed seeds in
+# native/fuzz/corpus/<name> are read too. A crash leaves build/fuzz/crash-* and fails make.
+FUZZ_SECONDS ?= 60
+FUZZ_CC ?= clang
+FUZZ_TARGETS := http client_info session
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror -pthread \
+	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Inative/include -Inative/src
+# fuzz_session #includes worker.c (for its static timer pass) and drives the rest directly.
+FUZZ_SESSION_SRC := $(filter-out native/src/worker.c native/src/relay.c native/src/io_uring.c \
+	native/src/load%.c,$(wildcard native/src/*.c))
+
+build/fuzz/fuzz_http: native/fuzz/fuzz_http.c native/src/http.c native/include/labkit.h
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(filter %.c,$^) -o $@
+
+build/fuzz/fuzz_client_info: native/fuzz/fuzz_client_info.c native/src/client_info.c \
+		native/include/labkit.h
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(filter %.c,$^) -o $@
+
+build/fuzz/fuzz_session: native/fuzz/fuzz_session.c $(NATIVE_SRC)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) native/fuzz/fuzz_session.c $(FUZZ_SESSION_SRC) -o $@ \
+	  -lsodium -lssl -lcrypto
+
+fuzz: $(STAMPS)/apt $(addprefix build/fuzz/fuzz_,$(FUZZ_TARGETS))
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build/fuzz/corpus/$$t; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    -artifact_prefix=build/fuzz/ build/fuzz/corpus/$$t native/fuzz/corpus/$$t \
+	    2>build/fuzz/$$t.log || { tail -n 60 build/fuzz/$$t.log >&2; exit 1; }; \
+	  grep -E '^stat::(number_of_executed_units|peak_rss_mb)' build/fuzz/$$t.log \
+	    | sed "s/^/  $$t /"; \
+	done
 
 clean:
 	rm -rf $(VENV) build labkit/_native*.so labkit.egg-info .pytest_cache .ruff_cache

@@ -2,7 +2,7 @@
 
 import argparse
 
-from labkit import load, load_host, relay_host
+from labkit import caps, cli_experiments, load, load_host, relay_host, sandbox
 from labkit.config import ConfigError, add_arguments, from_namespace
 
 
@@ -22,7 +22,39 @@ def main(argv: list[str] | None = None) -> int:
         "a ready line once connected, one result line at the end.",
     )
     load.add_arguments(load_cmd)
+    cli_experiments.add_commands(sub)  # run, sweep, report
+    doctor = sub.add_parser(
+        "doctor",
+        help="what this machine can do: io_uring, kTLS, perf, py-spy, sandbox",
+        description="Probe each capability the lab uses and say what to do about a missing one.",
+    )
+    doctor.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    sandbox_cmd = sub.add_parser(
+        "sandbox",
+        help="run a command inside a UML kernel (kTLS where the host has none)",
+        description="Boot Debian's user-mode-linux kernel over this machine's files "
+        "(read-only), run COMMAND in it and exit with COMMAND's status. Use `--` before "
+        "COMMAND. Figures measured inside are UML figures: one CPU, slow syscalls, no AES-NI.",
+    )
+    sandbox_cmd.add_argument("--timeout", type=float, default=sandbox.DEFAULT_TIMEOUT,
+                             metavar="S", help="seconds COMMAND may run (default %(default)s)")
+    sandbox_cmd.add_argument("--results", metavar="DIR", default=None,
+                             help="host directory mounted read-write in the guest "
+                             "($LABKIT_SANDBOX_RESULTS); default: a new temporary one")
+    sandbox_cmd.add_argument("--mem", default=sandbox.DEFAULT_MEM,
+                             help="guest memory (default %(default)s)")
+    sandbox_cmd.add_argument("--quiet", action="store_true", help="no timing line on stderr")
+    sandbox_cmd.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
     args = parser.parse_args(argv)
+    if args.command == "doctor":
+        return caps.main(["--json"] if args.json else [])
+    if args.command == "sandbox":
+        command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        if not command:
+            parser.exit(2, "labkit sandbox: give a command after --\n")
+        return sandbox.main(command, args.timeout, args.results, args.mem, args.quiet)
+    if args.command in cli_experiments.COMMANDS:
+        return cli_experiments.main(args)
     if args.command == "load":
         try:
             load_cfg = load.from_namespace(args)

@@ -19,6 +19,7 @@ import weakref
 from typing import Any
 
 from labkit.config import RelayConfig
+from labkit.counters.slots import sum_slots
 from labkit.process import LineReader, Tail, child_env, stop_pid, unlink_shm
 
 SHM_DIR = "/dev/shm"
@@ -224,16 +225,7 @@ class Relay:
 
     def counters(self) -> dict[str, int]:
         """Counters and gauges summed over all slots (high-water gauges: the maximum)."""
-        total: dict[str, int] = {}
-        for row in self.worker_counters():
-            for name, value in row.items():
-                if not isinstance(value, int) or name == "ns":
-                    continue
-                if name.endswith("_max"):
-                    total[name] = max(total.get(name, 0), value)
-                else:
-                    total[name] = total.get(name, 0) + value
-        return total
+        return sum_slots(self.worker_counters())
 
     def __repr__(self) -> str:
         if not self.info:

@@ -15,6 +15,7 @@ import faulthandler
 import ipaddress
 import json
 import os
+import resource
 import secrets
 import select
 import shutil
@@ -66,11 +67,42 @@ def bind_listener(host: str, port: int) -> socket.socket:
             msg = f"cannot listen on {where}: {e.strerror}"
         raise HostError(msg) from None
     sock.setblocking(False)
-    bound = sock.getsockname()[0]
-    if not ipaddress.ip_address(bound).is_loopback:
-        print(f"labkit relay: warning: listening on {bound}, reachable from other machines; "
-              "the lab relay is meant for 127.0.0.1", file=sys.stderr, flush=True)
+    warn_if_exposed(sock.getsockname()[0])
     return sock
+
+
+def warn_if_exposed(bound: str) -> bool:
+    """Warn on stderr when the relay listens beyond this machine; True if it warned."""
+    if ipaddress.ip_address(bound).is_loopback:
+        return False
+    print(f"labkit relay: warning: listening on {bound}, reachable from other machines; "
+          "the lab relay is meant for 127.0.0.1", file=sys.stderr, flush=True)
+    return True
+
+
+# Descriptors beside the connections: listener, pipes, eventfds, epoll/io_uring, stdio.
+NOFILE_SLACK = 64
+
+
+def raise_open_file_limit(cfg: RelayConfig) -> int:
+    """Raise the soft RLIMIT_NOFILE so every data worker's connection slot can hold a
+    socket; returns the limit now in force. It never
+    exceeds the hard limit: when that is lower, warn with what to change, since the
+    relay then refuses connections (accept fails with EMFILE) before its slots run out."""
+    want = cfg.workers * cfg.max_conns + NOFILE_SLACK
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return want if soft == resource.RLIM_INFINITY else soft
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < want:
+        print(f"labkit relay: warning: the open-file limit is {target} (hard limit), so "
+              f"about {max(0, target - NOFILE_SLACK)} clients fit, not the "
+              f"{cfg.workers * cfg.max_conns} that workers x max_conns allow: raise "
+              "the hard limit (ulimit -Hn, /etc/security/limits.conf) or lower max_conns",
+              file=sys.stderr, flush=True)
+    return target
 
 
 def _read_line(fd: int, done_fd: int) -> bytes | None:
@@ -97,6 +129,7 @@ def serve(cfg: RelayConfig) -> int:
         faulthandler.enable(all_threads=True)
     from labkit.native import ffi, lib  # here: --help and config errors need no build
 
+    raise_open_file_limit(cfg)
     sock = bind_listener(cfg.host, cfg.port)
     private_key = cfg.resolve_private_key()
     cert_file, key_file, tls_dir = cfg.cert_file, cfg.key_file, None
@@ -151,9 +184,6 @@ def serve(cfg: RelayConfig) -> int:
             shutil.rmtree(tls_dir, ignore_errors=True)
     if outcome["rc"] != lib.LK_OK:
         print(f"labkit relay: {outcome['error']}", file=sys.stderr)
-        if outcome["rc"] == lib.LK_ERR_UNSUPPORTED and cfg.tls == "ktls":
-            print("labkit relay: kTLS is not available here yet: use --tls user",
-                  file=sys.stderr)
         return EXIT_FAILED
     return 0
 

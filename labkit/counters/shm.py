@@ -7,12 +7,14 @@ snapshot is one memcpy-sized copy per worker, cheap enough for a 10 Hz plot.
 
 import mmap
 import os
+import time
 from functools import cache
 from typing import Any
 
 from labkit.native import ffi, lib
 
 SHM_DIR = "/dev/shm"
+BUSY_RETRY_S = 0.5  # how long a snapshot waits for a writer preempted mid-publication
 
 
 class CounterLayoutError(RuntimeError):
@@ -80,6 +82,13 @@ class ShmCounters:
         workers = []
         for w in range(self.n_workers):
             rc = lib.lk_counters_read(self._base, self._len, w, out)
+            # LK_ERR_BUSY: the writer was preempted mid-publication (its seqlock odd) for
+            # all of the C reader's spins; on a busy 2-core box that happens. Yield the CPU
+            # so it can finish, and try again for up to BUSY_RETRY_S.
+            deadline = time.monotonic() + BUSY_RETRY_S
+            while rc == lib.LK_ERR_BUSY and time.monotonic() < deadline:
+                time.sleep(0.0002)
+                rc = lib.lk_counters_read(self._base, self._len, w, out)
             if rc != lib.LK_OK:
                 raise CounterLayoutError(
                     f"{self.name} worker {w}: "
@@ -104,3 +113,4 @@ class ShmCounters:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+

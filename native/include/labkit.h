@@ -90,7 +90,7 @@ void lk_relay_stop(void);
  * in another process gets consistent snapshots without asking the relay.
  */
 #define LK_SHM_MAGIC 1279476564
-#define LK_SHM_LAYOUT 2
+#define LK_SHM_LAYOUT 3
 #define LK_MAX_WORKERS 64
 #define LK_MAX_COUNTERS 96
 #define LK_HIST_BUCKETS 16
@@ -101,8 +101,9 @@ enum lk_counter {
     LK_C_LOOP_PASSES = 0,
     LK_C_FRAMES_IN,
     LK_C_FRAMES_OUT,
-    LK_C_BYTES_IN,             /* wire bytes received (after TLS: ciphertext) */
-    LK_C_BYTES_OUT,            /* wire bytes sent */
+    LK_C_BYTES_IN,             /* bytes received by the relay's socket calls (user TLS:
+                                  ciphertext; kTLS: plaintext the kernel decrypted) */
+    LK_C_BYTES_OUT,            /* bytes handed to send calls (likewise) */
     LK_C_PACKETS_IN,           /* SendPacket / ForwardPacket frames accepted */
     LK_C_PACKETS_FORWARDED,    /* RecvPacket frames written to a receiver */
     LK_C_PACKET_BYTES_FORWARDED, /* packet payload bytes in those RecvPackets */
@@ -149,6 +150,7 @@ enum lk_counter {
     LK_G_QUEUE_DEPTH,          /* packets queued across this worker's conns */
     LK_G_QUEUE_DEPTH_MAX,
     LK_G_POOL_FREE,
+    LK_C_CONNS_KTLS,           /* connections whose TLS records the kernel took over */
     LK_C__COUNT
 };
 

@@ -65,6 +65,7 @@ typedef struct lk_conn {
     struct lk_conn *dup_next, *dup_prev;  /* connections sharing this key */
     uint64_t last_active_ns;    /* registered or last sent a frame: duplicate-key rule */
     uint64_t last_seen_src;     /* cache: id of the source peer last recorded as seen */
+    uint32_t xshard_inflight;   /* its packets (our buffers) queued on other workers */
     struct lk_conn *watch_next; /* mesh watchers of this worker */
 
     /* input */
@@ -91,6 +92,8 @@ typedef struct lk_conn {
     struct iovec iov[LK_TX_MAX + 1];
     uint32_t iov_count;
     uint32_t iov_ctrl;          /* ctrl bytes in iov */
+    uint8_t *ctrl_pinned;       /* ctrl's old buffer: a send in flight still reads it
+                                 (io_uring), so growing ctrl must not free it */
     uint32_t iov_pkts;          /* tx packets (fully or partly) in iov */
 
     /* TLS (user mode, and kTLS mode until the handshake ends); NULL when
@@ -100,7 +103,6 @@ typedef struct lk_conn {
      * consumes only the records OpenSSL took, so the first application
      * record is still in the socket when the kernel takes over (session.c) */
     uint8_t ktls_peek;
-    uint8_t ktls;               /* the kernel encrypts and decrypts this connection */
 
     /* timers, CLOCK_MONOTONIC ns; 0 = not armed */
     uint64_t handshake_deadline;

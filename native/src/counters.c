@@ -1,6 +1,7 @@
 /* counters.c — shared-memory counter region: creation, seqlock publish, read. */
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -124,6 +125,10 @@ int lk_counters_read(const void *base, size_t len, uint32_t w, lk_worker_counter
     const lk_worker_counters *src =
         (const lk_worker_counters *)((const char *)base + sizeof(lk_shm_header)) + w;
     for (int attempt = 0; attempt < 10000; attempt++) {
+        /* a writer preempted mid-publication keeps the sequence odd until it
+         * runs again: let it run rather than spin out the attempts */
+        if (attempt && attempt % 64 == 0)
+            sched_yield();
         uint64_t s1 = __atomic_load_n(&src->seq, __ATOMIC_ACQUIRE);
         if (s1 & 1)
             continue;

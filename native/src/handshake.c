@@ -1,5 +1,6 @@
 /* handshake.c — ServerKey, ClientInfo, ServerInfo with libsodium crypto_box. */
 #include <sodium.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
@@ -25,8 +26,11 @@ int lk_open_client_info(const uint8_t *payload, uint32_t len, const uint8_t rela
     const uint8_t *boxed = nonce + crypto_box_NONCEBYTES;
     size_t boxed_len = len - LK_KEY_LEN - crypto_box_NONCEBYTES;
     size_t plain_len = boxed_len - crypto_box_MACBYTES;
-    /* ClientInfo arrives only once per connection: a heap buffer is fine */
-    char *plain = sodium_malloc(plain_len + 1);
+    /* ClientInfo arrives only once per connection: a heap buffer is fine.  Plain
+     * malloc, not sodium_malloc: that one maps guard pages (a dozen uncounted
+     * syscalls per handshake) to protect secrets, and this JSON holds none but
+     * the mesh key, which is wiped below. */
+    char *plain = malloc(plain_len + 1);
     if (!plain)
         return lk_fail(LK_ERR_NOMEM, "no memory to open ClientInfo");
     int rc = LK_OK;
@@ -34,7 +38,8 @@ int lk_open_client_info(const uint8_t *payload, uint32_t len, const uint8_t rela
         rc = lk_fail(LK_ERR_CONFIG, "ClientInfo box does not open with the relay key");
     else if (lk_client_info_parse(plain, plain_len, info) != LK_OK)
         rc = LK_ERR_CONFIG;
-    sodium_free(plain);
+    sodium_memzero(plain, plain_len + 1);
+    free(plain);
     return rc;
 }
 

@@ -42,6 +42,9 @@ extern const lk_io_ops lk_io_uring;
 /* ---- core entry points for backends (worker.c) ---- */
 struct sockaddr_storage;
 void lk_core_accepted(struct lk_worker *w, int fd, const struct sockaddr_storage *addr);
+/* When c->ktls_peek is set the backend received with MSG_PEEK and the core
+ * removes from the socket what it used (only the epoll acceptor runs TLS
+ * handshakes, so only it needs to know). */
 void lk_core_received(struct lk_worker *w, struct lk_conn *c, const uint8_t *data, size_t n);
 /* EOF (err 0) or a receive/send error (err = errno): close c. */
 void lk_core_io_error(struct lk_worker *w, struct lk_conn *c, int err);

@@ -160,7 +160,8 @@ static void ep_accept(lk_worker *w)
 static void ep_readable(lk_worker *w, lk_conn *c)
 {
     LK_COUNT(w, SYS_READ);
-    ssize_t r = recv(c->fd, w->rbuf, w->rbuf_len, 0);
+    /* kTLS handshake (acceptor only): look, and let the core take what it used */
+    ssize_t r = recv(c->fd, w->rbuf, w->rbuf_len, c->ktls_peek ? MSG_PEEK : 0);
     if (r > 0)
         lk_core_received(w, c, w->rbuf, (size_t)r);
     else if (r == 0)

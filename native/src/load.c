@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "load.h"
+#include "ktls.h"
 #include "load_tls.h"
 
 #define TOKEN_WAKE UINT64_MAX
@@ -87,13 +88,11 @@ static int validate(const lk_load_config *cfg)
     return LK_OK;
 }
 
-/* Capabilities this build does not have yet are refused, never ignored. */
+/* Capabilities this kernel does not have are refused, never ignored: kTLS is
+ * probed once here rather than failing every connection. */
 static int check_supported(const lk_load_config *cfg)
 {
-    if (cfg->tls == LK_TLS_KTLS)
-        return lk_fail(LK_ERR_UNSUPPORTED, "kernel TLS in the load generator is not part of this "
-                                           "build yet: use tls=user");
-    return LK_OK;
+    return cfg->tls == LK_TLS_KTLS ? lk_ktls_probe() : LK_OK;
 }
 
 /* ---- set-up and teardown ------------------------------------------------------ */
@@ -159,8 +158,9 @@ static int setup(lk_load *l, const lk_load_config *cfg)
     int rc = resolve(l);
     if (rc == LK_OK)
         rc = lk_shm_create(&l->shm, cfg->shm_name, (uint32_t)cfg->threads, LK_ROLE_LOAD);
-    if (rc == LK_OK && cfg->tls == LK_TLS_USER)
-        rc = lk_load_tls_ctx_create(&l->tls, cfg->ca_file, cfg->insecure);
+    if (rc == LK_OK && cfg->tls != LK_TLS_OFF)
+        rc = lk_load_tls_ctx_create(&l->tls, cfg->ca_file, cfg->insecure,
+                                    cfg->tls == LK_TLS_KTLS);
     if (rc != LK_OK)
         return rc;
     l->n_threads = (uint32_t)cfg->threads;

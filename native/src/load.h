@@ -88,7 +88,8 @@ typedef struct lk_load_conn {
      * directly, TLS encrypts it into the ciphertext buffer first */
     uint8_t *tx;
     uint32_t tx_off, tx_len, tx_cap;
-    struct lk_load_tls *tls;
+    struct lk_load_tls *tls;      /* NULL when plain, or once the kernel holds the keys */
+    uint8_t ktls_peek;            /* kTLS handshake: recv with MSG_PEEK (see load_client.c) */
 
     /* sender: sequence and pacing (token bucket in packets) */
     uint64_t seq;

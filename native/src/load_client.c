@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/crypto.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -18,6 +19,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "ktls.h"
 #include "load.h"
 #include "load_tls.h"
 
@@ -66,6 +68,7 @@ int lk_lc_init(lk_load *l, lk_load_conn *c, uint32_t index, lk_load_thread *thr)
         c->tls = lk_load_tls_new(l->tls, l->cfg.host, lk_load_tls_cost(c->tx_cap));
         if (!c->tls)
             return lk_fail(LK_ERR_TLS, "cannot create a TLS client for %s", l->cfg.host);
+        c->ktls_peek = l->cfg.tls == LK_TLS_KTLS;
     }
     lk_frame_reader_init(&c->reader, frame_begin, frame_end, c);
     return LK_OK;
@@ -417,8 +420,66 @@ static int feed(lk_load_conn *c, const uint8_t *data, size_t n)
     return 0;
 }
 
+/* kTLS, client side: the relay's record-boundary rule (session.c) mirrored.
+ * The handshake reads with MSG_PEEK and only the records OpenSSL took are
+ * removed, so whatever the relay sent after its Finished stays in the socket
+ * for the kernel.  Our own Finished must leave before TLS_TX is set (after
+ * it, send() encrypts), so it is sent here, synchronously: a few dozen bytes
+ * into an empty socket buffer. */
+static int ktls_handshake(lk_load_conn *c, const uint8_t *data, size_t n)
+{
+    lk_load_tls_input(c->tls, data, n);
+    int hs = lk_load_tls_handshake(c->tls);
+    size_t used = n - lk_load_tls_unread(c->tls);
+    int calls = lk_ktls_consume(c->fd, used, c->thr->plain, LK_LOAD_PLAIN);
+    LK_LCOUNT_N(c->thr, SYS_READ, calls >= 0 ? (uint64_t)calls : 1);
+    LK_LCOUNT_N(c->thr, BYTES_IN, used);
+    if (calls < 0) {
+        note(c, "recv (taking the handshake records): %s", strerror(errno));
+        return -1;
+    }
+    if (hs < 0) {
+        note(c, "%s", lk_load_tls_error(c->tls));
+        return -1;
+    }
+    if (hs == 0)
+        return 0;  /* its records go out with the flush after this read */
+    lk_bytes *o = lk_load_tls_out(c->tls);
+    while (o->off < o->len) {
+        LK_LCOUNT(c->thr, SYS_WRITE);
+        ssize_t r = send(c->fd, o->data + o->off, o->len - o->off, MSG_NOSIGNAL);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            note(c, "cannot send the TLS Finished before switching to kTLS: %s",
+                 r < 0 ? strerror(errno) : "nothing sent");
+            return -1;
+        }
+        LK_LCOUNT_N(c->thr, BYTES_OUT, (uint64_t)r);
+        o->off += (uint32_t)r;
+    }
+    char why[400];
+    lk_ktls_secrets s;
+    int rc = lk_load_tls_ktls_secrets(c->tls, &s, why, sizeof why);
+    if (rc == 0) {
+        LK_LCOUNT_N(c->thr, SYS_OTHER, 3);  /* TCP_ULP, TLS_TX, TLS_RX */
+        rc = lk_ktls_install(c->fd, s.client, s.server, s.len, why, sizeof why);
+        OPENSSL_cleanse(&s, sizeof s);
+    }
+    if (rc != 0) {
+        note(c, "kTLS: %s", why);  /* never a silent fall-back to userspace TLS */
+        return -1;
+    }
+    lk_load_tls_free(c->tls);  /* from here the socket carries plaintext */
+    c->tls = NULL;
+    c->ktls_peek = 0;
+    return send_upgrade(c);
+}
+
 static int feed_tls(lk_load_conn *c, const uint8_t *data, size_t n)
 {
+    if (c->ktls_peek)
+        return ktls_handshake(c, data, n);
     lk_load_tls_input(c->tls, data, n);
     if (c->state == LK_LS_TLS) {
         int hs = lk_load_tls_handshake(c->tls);
@@ -454,7 +515,7 @@ int lk_lc_readable(lk_load_conn *c, size_t limit)
     if (limit > LK_LOAD_RBUF)
         limit = LK_LOAD_RBUF;
     LK_LCOUNT(t, SYS_READ);
-    ssize_t r = recv(c->fd, t->rbuf, limit, 0);
+    ssize_t r = recv(c->fd, t->rbuf, limit, c->ktls_peek ? MSG_PEEK : 0);
     if (r == 0) {
         lk_lc_close(c, "the relay closed the connection (%s)", state_text(c->state));
         return -1;
@@ -467,7 +528,8 @@ int lk_lc_readable(lk_load_conn *c, size_t limit)
     }
     /* one clock read per recv: every packet in it arrived by now */
     t->now = lk_now_ns();
-    LK_LCOUNT_N(t, BYTES_IN, (uint64_t)r);
+    if (!c->ktls_peek)  /* peeked bytes count when ktls_handshake() takes them */
+        LK_LCOUNT_N(t, BYTES_IN, (uint64_t)r);
     int rc = c->tls ? feed_tls(c, t->rbuf, (size_t)r) : feed(c, t->rbuf, (size_t)r);
     if (rc != 0) {
         kill_conn(c);

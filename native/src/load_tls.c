@@ -24,6 +24,7 @@ struct lk_load_tls_ctx {
     SSL_CTX *ssl_ctx;
     BIO_METHOD *bio_method;
     int insecure;
+    int ktls;
 };
 
 struct lk_load_tls {
@@ -32,6 +33,7 @@ struct lk_load_tls {
     size_t in_len;
     lk_bytes out;          /* ciphertext to send, fixed capacity */
     char error[256];
+    lk_ktls_secrets *secrets;  /* kTLS mode: filled by the keylog callback */
 };
 
 static int bio_write(BIO *b, const char *data, int len)
@@ -77,6 +79,14 @@ static int bio_create(BIO *b)
     return 1;
 }
 
+/* kTLS mode: the key log is how OpenSSL 3.0 hands out TLS 1.3 traffic secrets */
+static void keylog(const SSL *ssl, const char *line)
+{
+    lk_load_tls *t = SSL_get_app_data(ssl);
+    if (t && t->secrets)
+        lk_ktls_keylog_line(t->secrets, line);
+}
+
 static int tls_error(const char *what, const char *file)
 {
     char detail[256];
@@ -85,13 +95,14 @@ static int tls_error(const char *what, const char *file)
     return lk_fail(LK_ERR_TLS, "%s%s%s: %s", what, file ? " " : "", file ? file : "", detail);
 }
 
-int lk_load_tls_ctx_create(lk_load_tls_ctx **out, const char *ca_file, int insecure)
+int lk_load_tls_ctx_create(lk_load_tls_ctx **out, const char *ca_file, int insecure, int ktls)
 {
     static const unsigned char alpn[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
     lk_load_tls_ctx *ctx = calloc(1, sizeof *ctx);
     if (!ctx)
         return lk_fail(LK_ERR_NOMEM, "no memory for the TLS context");
     ctx->insecure = insecure;
+    ctx->ktls = ktls;
     int rc = LK_OK;
     ctx->ssl_ctx = SSL_CTX_new(TLS_client_method());
     if (!ctx->ssl_ctx)
@@ -103,6 +114,9 @@ int lk_load_tls_ctx_create(lk_load_tls_ctx **out, const char *ca_file, int insec
     /* http/1.1 only: an h2 ALPN answer would break the upgrade (2.6); 0 is success */
     else if (SSL_CTX_set_alpn_protos(ctx->ssl_ctx, alpn, sizeof alpn) != 0)
         rc = tls_error("cannot set ALPN", NULL);
+    /* kTLS: the one suite the kernel gets; a relay without it fails the handshake */
+    else if (ktls && SSL_CTX_set_ciphersuites(ctx->ssl_ctx, LK_KTLS_SUITE) != 1)
+        rc = tls_error("cannot restrict the cipher suites to " LK_KTLS_SUITE, NULL);
     if (rc == LK_OK) {
         ctx->bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "labkit-load");
         if (!ctx->bio_method)
@@ -116,6 +130,8 @@ int lk_load_tls_ctx_create(lk_load_tls_ctx **out, const char *ca_file, int insec
     SSL_CTX_set_verify(ctx->ssl_ctx, insecure ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, NULL);
     /* every client is a fresh identity: nothing to resume */
     SSL_CTX_set_session_cache_mode(ctx->ssl_ctx, SSL_SESS_CACHE_OFF);
+    if (ktls)
+        SSL_CTX_set_keylog_callback(ctx->ssl_ctx, keylog);
     BIO_meth_set_write(ctx->bio_method, bio_write);
     BIO_meth_set_read(ctx->bio_method, bio_read);
     BIO_meth_set_ctrl(ctx->bio_method, bio_ctrl);
@@ -148,13 +164,16 @@ lk_load_tls *lk_load_tls_new(lk_load_tls_ctx *ctx, const char *host, uint32_t ou
     t->out.cap = out_cap;
     t->ssl = SSL_new(ctx->ssl_ctx);
     BIO *bio = BIO_new(ctx->bio_method);
-    if (!t->out.data || !t->ssl || !bio) {
+    if (ctx->ktls)
+        t->secrets = calloc(1, sizeof *t->secrets);
+    if (!t->out.data || !t->ssl || !bio || (ctx->ktls && !t->secrets)) {
         BIO_free(bio);
         lk_load_tls_free(t);
         return NULL;
     }
     BIO_set_data(bio, t);
     SSL_set_bio(t->ssl, bio, bio);  /* the SSL owns the BIO now */
+    SSL_set_app_data(t->ssl, t);
     int ok = 1;
     if (!is_ip_literal(host)) {
         /* SNI is for names only (RFC 6066 forbids literal addresses) */
@@ -179,6 +198,9 @@ void lk_load_tls_free(lk_load_tls *t)
         return;
     SSL_free(t->ssl);
     free(t->out.data);
+    if (t->secrets)
+        OPENSSL_cleanse(t->secrets, sizeof *t->secrets);
+    free(t->secrets);
     free(t);
 }
 
@@ -254,3 +276,17 @@ uint32_t lk_load_tls_room(const lk_load_tls *t)
 lk_bytes *lk_load_tls_out(lk_load_tls *t) { return &t->out; }
 
 const char *lk_load_tls_error(const lk_load_tls *t) { return t->error; }
+
+size_t lk_load_tls_unread(const lk_load_tls *t) { return t->in_len; }
+
+int lk_load_tls_ktls_secrets(lk_load_tls *t, lk_ktls_secrets *out, char *why, size_t cap)
+{
+    if (!t->secrets) {
+        snprintf(why, cap, "the TLS context was not made for kTLS");
+        return -1;
+    }
+    if (lk_ktls_check(t->ssl, t->secrets, why, cap) != 0)
+        return -1;
+    *out = *t->secrets;
+    return 0;
+}

@@ -12,13 +12,16 @@
 #include <stdint.h>
 
 #include "conn.h" /* lk_bytes */
+#include "ktls.h"
 
 typedef struct lk_load_tls_ctx lk_load_tls_ctx;
 typedef struct lk_load_tls lk_load_tls;
 
 /* ca_file: trust this PEM (e.g. the lab relay's self-signed cert) instead of
- * the system store; insecure: no certificate verification at all. */
-int lk_load_tls_ctx_create(lk_load_tls_ctx **out, const char *ca_file, int insecure);
+ * the system store; insecure: no certificate verification at all; ktls: offer
+ * only the suite the kernel takes (LK_KTLS_SUITE) and keep each connection's
+ * traffic secrets for lk_load_tls_ktls_secrets(). */
+int lk_load_tls_ctx_create(lk_load_tls_ctx **out, const char *ca_file, int insecure, int ktls);
 void lk_load_tls_ctx_free(lk_load_tls_ctx *ctx);
 
 /* host: SNI (names only) and the name or address the certificate must match.
@@ -39,6 +42,12 @@ uint32_t lk_load_tls_cost(size_t n);
 uint32_t lk_load_tls_room(const lk_load_tls *t);
 /* Ciphertext waiting to be sent: data[off, len). */
 lk_bytes *lk_load_tls_out(lk_load_tls *t);
+/* Bytes of the last lk_load_tls_input() OpenSSL has not taken (it reads one
+ * record at a time, so after the handshake these start at a record boundary). */
+size_t lk_load_tls_unread(const lk_load_tls *t);
+/* kTLS: after the handshake, the traffic secrets once lk_ktls_check() says
+ * the switch is safe.  0, or -1 with the reason in `why`. */
+int lk_load_tls_ktls_secrets(lk_load_tls *t, lk_ktls_secrets *out, char *why, size_t cap);
 /* Why the handshake failed (verification result or OpenSSL's error). */
 const char *lk_load_tls_error(const lk_load_tls *t);
 

@@ -26,7 +26,9 @@ void lk_out_mark_dirty(lk_worker *w, lk_conn *c)
     w->dirty = c;
 }
 
-static int bytes_append(lk_bytes *b, const void *data, uint32_t len)
+/* `pin`: where to park the old buffer instead of freeing it, when bytes of it
+ * sit in a send that may still be in flight (NULL: no such send). */
+static int bytes_append(lk_bytes *b, const void *data, uint32_t len, uint8_t **pin)
 {
     if (b->off == b->len)
         b->off = b->len = 0;
@@ -36,9 +38,17 @@ static int bytes_append(lk_bytes *b, const void *data, uint32_t len)
             cap *= 2;
         if (cap > LK_CTRL_MAX)
             return -1;
-        uint8_t *d = realloc(b->data, cap);
-        if (!d)
+        uint8_t *d;
+        if (pin && !*pin) {
+            /* io_uring reads a send's memory until it completes: copy, keep the old */
+            if (!(d = malloc(cap)))
+                return -1;
+            if (b->len)
+                memcpy(d, b->data, b->len);
+            *pin = b->data;
+        } else if (!(d = realloc(b->data, cap))) {
             return -1;
+        }
         b->data = d;
         b->cap = cap;
     }
@@ -51,7 +61,7 @@ int lk_out_http(lk_worker *w, lk_conn *c, const void *bytes, uint32_t len)
 {
     if (!lk_conn_alive(c))
         return -1;
-    if (bytes_append(&c->ctrl, bytes, len) != 0) {
+    if (bytes_append(&c->ctrl, bytes, len, c->iov_ctrl ? &c->ctrl_pinned : NULL) != 0) {
         /* a client that lets megabytes of control frames pile up is not reading */
         lk_conn_close(w, c, LK_C_CLOSE_WRITE_TIMEOUT);
         return -1;
@@ -83,7 +93,10 @@ static lk_pkt *q_pop(lk_pktq *q)
 static void make_room(lk_worker *w, lk_conn *c, lk_pktq *q)
 {
     w->io->flush(w, c);
-    while (lk_conn_alive(c) && q->count == q->cap && c->tx_count < LK_TX_MAX) {
+    /* tx goes out before ctrl: while ctrl holds unsent bytes (ServerInfo not yet out,
+     * or a frame cut by a partial send), a packet moved to tx would overtake it */
+    while (lk_conn_alive(c) && q->count == q->cap && c->tx_count < LK_TX_MAX &&
+           c->ctrl.len == c->ctrl.off) {
         c->tx[c->tx_count++] = q_pop(q);
         w->stats.c[LK_G_QUEUE_DEPTH]--;
     }
@@ -134,6 +147,8 @@ void lk_out_release_all(lk_worker *w, lk_conn *c)
     c->tx_count = c->tx_off = 0;
     free(c->ctrl.data);
     c->ctrl = (lk_bytes){0};
+    free(c->ctrl_pinned);
+    c->ctrl_pinned = NULL;
 }
 
 /* Plaintext gather: tx, then ctrl, then queued packets moved into tx.
@@ -144,6 +159,8 @@ static int gather_plain(lk_worker *w, lk_conn *c, struct iovec *iov, int max)
     int n = 0;
     c->iov_ctrl = 0;
     c->iov_pkts = 0;
+    free(c->ctrl_pinned);  /* no send is in flight while the backend gathers */
+    c->ctrl_pinned = NULL;
     for (uint32_t i = 0; i < c->tx_count && n < max; i++, n++) {
         uint32_t skip = i == 0 ? c->tx_off : 0;
         iov[n] = (struct iovec){c->tx[i]->data + skip, c->tx[i]->len - skip};
@@ -197,6 +214,10 @@ static void sent_plain(lk_worker *w, lk_conn *c, size_t n)
             c->pong_pending = 0;
         }
     }
+    /* the send completed: nothing reads the gathered memory any more */
+    c->iov_ctrl = 0;
+    free(c->ctrl_pinned);
+    c->ctrl_pinned = NULL;
 }
 
 /* TLS: encrypt the next plaintext batch when the previous records are gone. */

@@ -21,6 +21,7 @@ typedef struct lk_pkt {
     uint16_t owner;   /* worker whose pool it returns to */
     uint8_t large;    /* size class */
     uint8_t disco;    /* goes to the disco queue */
+    uint64_t sender;  /* crossing workers: the sending conn's token (its in-flight count) */
     uint8_t data[];
 } lk_pkt;
 

@@ -68,11 +68,14 @@ static int validate(const lk_relay_config *cfg)
     return LK_OK;
 }
 
-/* Capabilities this build does not have yet are refused, never ignored. */
+/* Capabilities this build or this kernel does not have are refused, never ignored. */
 static int check_supported(const lk_relay_config *cfg)
 {
-    if (cfg->tls == LK_TLS_KTLS)
-        return lk_fail(LK_ERR_UNSUPPORTED, "kernel TLS is not part of this build");
+    /* once per run, so a kernel without kTLS refuses the run with the reason
+     * instead of failing every connection */
+    int rc = cfg->tls == LK_TLS_KTLS ? lk_ktls_probe() : LK_OK;
+    if (rc != LK_OK)
+        return rc;
     if (cfg->switches & LK_SW_ROUND_ROBIN)
         return lk_fail(LK_ERR_UNSUPPORTED, "round-robin assignment is not part of this build: "
                                            "connections go to the worker owning their key");
@@ -108,7 +111,7 @@ static int setup(lk_relay *r, const lk_relay_config *cfg)
     if (rc == LK_OK)
         rc = lk_shard_init(r);
     if (rc == LK_OK && cfg->tls != LK_TLS_OFF)
-        rc = lk_tls_ctx_create(&r->tls, cfg->cert_file, cfg->key_file);
+        rc = lk_tls_ctx_create(&r->tls, cfg->cert_file, cfg->key_file, cfg->tls == LK_TLS_KTLS);
     if (rc != LK_OK)
         return rc;
     r->workers = calloc(r->n_threads, sizeof *r->workers);

@@ -232,13 +232,25 @@ void lk_route_packet(lk_worker *w, lk_conn *from, const uint8_t src[LK_KEY_LEN],
         deliver(w, dst, pkt, src_peer, w->index, sender);
         return;
     }
-    lk_xmsg m = {.kind = LK_X_PACKET, .pkt = pkt, .a = src_peer, .b = sender};
-    memcpy(m.key, dst, LK_KEY_LEN);
-    if (lk_shard_send(w, owner, &m, 1) != 0) {
-        LK_COUNT(w, DROP_QUEUE_TAIL);  /* the owner's ring is full */
+    /* Fairness across shards: while the owner's ring is congested (half its limit), a
+     * sender that already has a quarter of it in flight is tail-dropped here, so one
+     * flood into a slow shard cannot crowd out this worker's other senders. */
+    uint32_t limit = lk_shard_ring_limit(w);
+    if (from->xshard_inflight >= limit / 4 && lk_shard_ring_used(w, owner) >= limit / 2) {
+        LK_COUNT(w, DROP_QUEUE_TAIL);
         lk_pkt_free(w, pkt);
         return;
     }
+    lk_xmsg m = {.kind = LK_X_PACKET, .pkt = pkt, .a = src_peer, .b = sender};
+    memcpy(m.key, dst, LK_KEY_LEN);
+    pkt->sender = sender;
+    if (lk_shard_send(w, owner, &m, 1) != 0) {
+        LK_COUNT(w, DROP_QUEUE_TAIL);  /* the owner's ring is full */
+        pkt->sender = 0;
+        lk_pkt_free(w, pkt);
+        return;
+    }
+    from->xshard_inflight++;
     LK_COUNT(w, XSHARD_SENT);
 }
 

@@ -1,6 +1,7 @@
 /* session.c — a connection's input side: TLS records -> HTTP request ->
  * DERP handshake -> steady-state frames, all fed incrementally from whatever
  * the backend received. */
+#include <openssl/crypto.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,8 +155,60 @@ static void maybe_hand_off(lk_worker *w, lk_conn *c)
     lk_shard_handoff(w, c, c->pipelined.data, c->pipelined.len);
 }
 
+/* kTLS: the handshake runs in OpenSSL on peeked bytes.  The record boundary
+ * problem: a client may send its first application records (the HTTP
+ * request) right behind its Finished, so one recv can hold both.  Had we
+ * read them out of the socket, the kernel would start mid-stream and
+ * userspace would have to decrypt them and hand the kernel a later sequence
+ * number -- impossible when the last record arrived only in part.  Peeking
+ * avoids all of it: OpenSSL reads exactly one record at a time (no
+ * read-ahead), so `used` ends precisely after Finished; we remove only those
+ * bytes, and everything after stays in the socket for the kernel to decrypt
+ * from sequence number 0. */
+static void ktls_handshake(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
+{
+    lk_tls_input(c->tls, data, n);
+    int hs = lk_tls_handshake(c->tls);
+    size_t used = n - lk_tls_unread(c->tls);
+    lk_out_mark_dirty(w, c);  /* handshake records to send */
+    int calls = lk_ktls_consume(c->fd, used, w->plain, LK_PLAIN_LEN);
+    LK_COUNT_N(w, SYS_READ, calls >= 0 ? (uint64_t)calls : 1);
+    LK_COUNT_N(w, BYTES_IN, used);
+    if (calls < 0 || hs < 0) {
+        lk_conn_close(w, c, LK_C_CLOSE_TLS);
+        return;
+    }
+    if (hs == 0)
+        return;
+    char why[400];
+    lk_ktls_secrets s;
+    int rc = lk_tls_ktls_secrets(c->tls, &s, why, sizeof why);
+    if (rc == 0) {
+        LK_COUNT_N(w, SYS_OTHER, 3);  /* TCP_ULP, TLS_TX, TLS_RX */
+        rc = lk_ktls_install(c->fd, s.server, s.client, s.len, why, sizeof why);
+        OPENSSL_cleanse(&s, sizeof s);
+    }
+    if (rc != 0) {
+        /* never a silent fall-back to userspace TLS: this connection is refused */
+        lk_log("worker %u: kTLS refused connection %llu: %s", w->index,
+               (unsigned long long)c->id, why);
+        lk_conn_close(w, c, LK_C_CLOSE_TLS);
+        return;
+    }
+    lk_tls_conn_free(c->tls);
+    c->tls = NULL;
+    c->ktls_peek = 0;  /* from here the connection is plain to the relay: the kernel
+                        * encrypts what it sends and decrypts what it receives */
+    c->state = LK_CS_HTTP;
+    LK_COUNT(w, CONNS_KTLS);
+}
+
 void lk_core_received(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
 {
+    if (c->ktls_peek) {
+        ktls_handshake(w, c, data, n);  /* counts bytes_in as it consumes them */
+        return;
+    }
     LK_COUNT_N(w, BYTES_IN, n);
     if (!c->tls) {
         feed(w, c, data, n);
@@ -234,6 +287,7 @@ static int client_info_done(lk_worker *w, lk_conn *c, uint32_t len)
     free(c->client_info);
     c->client_info = NULL;
     uint8_t server_info[LK_SERVER_INFO_FRAME_LEN];
+    LK_COUNT(w, SYS_OTHER);  /* libsodium's getrandom for the ServerInfo nonce */
     if (rc != LK_OK || lk_build_server_info(server_info, c->key, w->relay->cfg.private_key) != 0) {
         lk_conn_close(w, c, LK_C_CLOSE_HANDSHAKE);
         return 1;
@@ -273,9 +327,12 @@ void lk_session_adopt(lk_worker *w, lk_handoff *h)
     c->state = LK_CS_STEADY;
     c->nothere_tokens = 3;
     c->nothere_stamp_ns = w->now;
-    /* keepalive jitter: up to 5 s at the default 60 s period, scaled for short periods */
+    /* keepalive jitter: up to 5 s at the default 60 s period, scaled for short
+     * periods.  Taken from the client's (random) key rather than getrandom: the
+     * spec wants a per-connection offset, not a secret, and this costs no syscall. */
     uint64_t period = w->relay->cfg.keepalive_ms * LK_MS;
-    c->next_keepalive = w->now + period + randombytes_uniform(1000) * (period / 12 / 1000);
+    uint32_t spread = ((uint32_t)c->key[0] << 8 | c->key[1]) % 1000;
+    c->next_keepalive = w->now + period + spread * (period / 12 / 1000);
     lk_arm(w, c->next_keepalive);
     lk_out_mark_dirty(w, c);
     if (lk_route_register(w, c) != 0) {

@@ -61,12 +61,30 @@ static int overflow_push(lk_worker *w, uint32_t to, const lk_xmsg *m)
     return 0;
 }
 
+uint32_t lk_shard_ring_limit(const lk_worker *w)
+{
+    uint32_t others = w->relay->n_workers > 1 ? w->relay->n_workers - 1 : 1;
+    uint32_t limit = w->pool.small.count / (2 * others);
+    return limit < 16 ? 16 : limit > LK_RING_CAP ? LK_RING_CAP : limit;
+}
+
+uint32_t lk_shard_ring_used(const lk_worker *w, uint32_t to)
+{
+    lk_spsc *q = ring(w->relay, w->index, to);
+    return q->tail - __atomic_load_n(&q->head, __ATOMIC_ACQUIRE);
+}
+
 int lk_shard_send(lk_worker *w, uint32_t to, lk_xmsg *m, int droppable)
 {
     m->from = w->index;
     w->wake_pending[to] = 1;
+    /* A packet's buffer stays ours while it waits in a ring: if a consumer falls behind
+     * (one flooded receiver), its ring must not take the whole pool and starve the
+     * other senders on this worker.  So all rings together hold at most half of it. */
+    uint32_t limit = droppable ? lk_shard_ring_limit(w) : LK_RING_CAP;
     /* keep order behind anything already waiting in overflow */
-    if (w->overflow[to].len == 0 && lk_spsc_push(ring(w->relay, w->index, to), m) == 0)
+    if (w->overflow[to].len == 0 &&
+        lk_spsc_push_limit(ring(w->relay, w->index, to), m, limit) == 0)
         return 0;
     if (droppable)
         return -1;
@@ -158,6 +176,11 @@ static void handle(lk_worker *w, lk_xmsg *m)
         lk_route_remote_packet(w, m);
         break;
     case LK_X_FREE:
+        if (m->pkt->sender) {  /* one less in flight for its sender, if still connected */
+            lk_conn *c = lk_core_conn_from_token(w, m->pkt->sender);
+            if (c && c->xshard_inflight)
+                c->xshard_inflight--;
+        }
         lk_pool_put(&w->pool, m->pkt);
         break;
     default:

@@ -45,18 +45,24 @@ static inline int lk_spsc_init(lk_spsc *r, uint32_t cap_pow2)
 
 static inline void lk_spsc_destroy(lk_spsc *r) { free(r->slots); }
 
-/* Producer side.  0, or -1 when full. */
-static inline int lk_spsc_push(lk_spsc *r, const lk_xmsg *m)
+/* Producer side.  0, or -1 when `limit` messages (at most the capacity) wait. */
+static inline int lk_spsc_push_limit(lk_spsc *r, const lk_xmsg *m, uint32_t limit)
 {
     uint32_t t = r->tail;
-    if (t - r->head_cache > r->mask) {
+    if (t - r->head_cache >= limit) {
         r->head_cache = __atomic_load_n(&r->head, __ATOMIC_ACQUIRE);
-        if (t - r->head_cache > r->mask)
+        if (t - r->head_cache >= limit)
             return -1;
     }
     r->slots[t & r->mask] = *m;
     __atomic_store_n(&r->tail, t + 1, __ATOMIC_RELEASE);
     return 0;
+}
+
+/* Producer side.  0, or -1 when full. */
+static inline int lk_spsc_push(lk_spsc *r, const lk_xmsg *m)
+{
+    return lk_spsc_push_limit(r, m, r->mask + 1);
 }
 
 /* Consumer side.  1 with *m filled, or 0 when empty. */

@@ -6,6 +6,7 @@
  * operation stays in the backends, counted. */
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,6 +16,7 @@
 struct lk_tls_ctx {
     SSL_CTX *ssl_ctx;
     BIO_METHOD *bio_method;
+    int ktls;
 };
 
 struct lk_tls_conn {
@@ -23,6 +25,7 @@ struct lk_tls_conn {
     size_t in_len;
     lk_bytes out;          /* ciphertext to send */
     int failed;
+    lk_ktls_secrets *secrets;  /* kTLS mode: filled by the keylog callback */
 };
 
 static int bio_write(BIO *b, const char *data, int len)
@@ -87,6 +90,15 @@ static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outle
     return SSL_TLSEXT_ERR_OK;
 }
 
+/* kTLS mode: OpenSSL 3.0 has no API that returns the TLS 1.3 application
+ * traffic secrets, but its key log carries them (tls_ktls.c parses it). */
+static void keylog(const SSL *ssl, const char *line)
+{
+    lk_tls_conn *t = SSL_get_app_data(ssl);
+    if (t && t->secrets)
+        lk_ktls_keylog_line(t->secrets, line);
+}
+
 static int tls_error(const char *what, const char *file)
 {
     char detail[256];
@@ -94,7 +106,7 @@ static int tls_error(const char *what, const char *file)
     return lk_fail(LK_ERR_TLS, "%s %s: %s", what, file ? file : "", detail);
 }
 
-int lk_tls_ctx_create(lk_tls_ctx **out, const char *cert_file, const char *key_file)
+int lk_tls_ctx_create(lk_tls_ctx **out, const char *cert_file, const char *key_file, int ktls)
 {
     if (!cert_file || !key_file)
         return lk_fail(LK_ERR_CONFIG, "TLS needs cert_file and key_file");
@@ -116,9 +128,21 @@ int lk_tls_ctx_create(lk_tls_ctx **out, const char *cert_file, const char *key_f
         return rc;
     }
     SSL_CTX_set_min_proto_version(ctx->ssl_ctx, TLS1_3_VERSION);
-    /* no tickets: nothing sent after the handshake but our own records */
+    /* no tickets: nothing sent after the handshake but our own records (and,
+     * for kTLS, both record sequence numbers start at 0 when the kernel takes over) */
     SSL_CTX_set_num_tickets(ctx->ssl_ctx, 0);
     SSL_CTX_set_alpn_select_cb(ctx->ssl_ctx, select_alpn, NULL);
+    ctx->ktls = ktls;
+    if (ktls) {
+        /* the one suite tls_ktls.c installs: a client that cannot do it fails
+         * the handshake rather than getting a userspace-TLS connection */
+        if (SSL_CTX_set_ciphersuites(ctx->ssl_ctx, LK_KTLS_SUITE) != 1) {
+            rc = tls_error("cannot restrict the cipher suites to TLS_AES_128_GCM_SHA256", NULL);
+            lk_tls_ctx_free(ctx);
+            return rc;
+        }
+        SSL_CTX_set_keylog_callback(ctx->ssl_ctx, keylog);
+    }
     ctx->bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "labkit-mem");
     BIO_meth_set_write(ctx->bio_method, bio_write);
     BIO_meth_set_read(ctx->bio_method, bio_read);
@@ -149,8 +173,14 @@ lk_tls_conn *lk_tls_conn_new(lk_tls_ctx *ctx)
         lk_tls_conn_free(t);
         return NULL;
     }
+    if (ctx->ktls && !(t->secrets = calloc(1, sizeof *t->secrets))) {
+        BIO_free(bio);
+        lk_tls_conn_free(t);
+        return NULL;
+    }
     BIO_set_data(bio, t);
     SSL_set_bio(t->ssl, bio, bio);  /* the SSL owns the BIO now */
+    SSL_set_app_data(t->ssl, t);
     SSL_set_accept_state(t->ssl);
     return t;
 }
@@ -161,6 +191,9 @@ void lk_tls_conn_free(lk_tls_conn *t)
         return;
     SSL_free(t->ssl);
     free(t->out.data);
+    if (t->secrets)
+        OPENSSL_cleanse(t->secrets, sizeof *t->secrets);
+    free(t->secrets);
     free(t);
 }
 
@@ -208,3 +241,23 @@ int lk_tls_write(lk_tls_conn *t, const uint8_t *data, size_t n)
 }
 
 lk_bytes *lk_tls_out(lk_tls_conn *t) { return &t->out; }
+
+size_t lk_tls_unread(const lk_tls_conn *t) { return t->in_len; }
+
+int lk_tls_ktls_secrets(lk_tls_conn *t, lk_ktls_secrets *out, char *why, size_t cap)
+{
+    if (!t->secrets) {
+        snprintf(why, cap, "the TLS context was not made for kTLS");
+        return -1;
+    }
+    if (lk_ktls_check(t->ssl, t->secrets, why, cap) != 0)
+        return -1;
+    /* the kernel's send sequence number is 0 only if every handshake record
+     * of ours left before it takes over */
+    if (t->out.len != t->out.off) {
+        snprintf(why, cap, "%u handshake bytes are still unsent", t->out.len - t->out.off);
+        return -1;
+    }
+    *out = *t->secrets;
+    return 0;
+}

@@ -181,6 +181,7 @@ void lk_core_accepted(lk_worker *w, int fd, const struct sockaddr_storage *addr)
         lk_conn_close(w, c, LK_C_CLOSE_TLS);
         return;
     }
+    c->ktls_peek = w->relay->cfg.tls == LK_TLS_KTLS;
     lk_session_start(w, c);
     if (w->io->add_conn(w, c) != 0)
         lk_conn_close(w, c, LK_C_CLOSE_PEER);

@@ -1,0 +1,211 @@
+"""`labkit run`, `labkit sweep CONFIG.toml`, `labkit report RUNS… -o report.html`.
+
+The handlers build the same RelayConfig/LoadConfig the Python API does and let it validate
+them, so a bad option fails with the API's own ConfigError text (exit 2). A failed run
+exits 1 after it is recorded. Heavy imports (pandas, bokeh, scipy) happen inside the
+handlers: `labkit relay` and `labkit load`, which start every child process, stay light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from labkit.config import IO_MODES, SWITCHES, TLS_MODES, ConfigError
+
+COMMANDS = ("run", "sweep", "report")
+EXIT_FAILED_RUN = 1
+EXIT_BAD_CONFIG = 2
+_SUMMARY = (("mbps", "Mbit/s delivered", ".1f"), ("loss_pct", "% loss", ".2f"),
+            ("syscalls_per_packet", "syscalls/packet (relay count)", ".3f"),
+            ("perf_syscalls_per_packet", "syscalls/packet (perf)", ".3f"),
+            ("ctx_switches_per_kpkt", "ctx switches/1000 packets", ".1f"),
+            ("cpu_s_per_gbit", "relay CPU·s/Gbit", ".3f"),
+            ("relay_cpu_pct", "relay CPU %", ".1f"),
+            ("lat_p50_us", "latency p50 µs", ".1f"), ("lat_p99_us", "latency p99 µs", ".1f"))
+
+
+def add_commands(sub: Any) -> None:
+    """Register run, sweep and report on the `labkit` sub-parser."""
+    run = sub.add_parser("run", help="one measured run: relay + load + sampler, stored",
+                         description="Start a relay and a load generator (own processes, "
+                         "pinned to different CPUs where possible), measure a window after "
+                         "a warm-up, print the derived figures and store the run.")
+    g = run.add_argument_group("relay")
+    g.add_argument("--io", default="epoll", help=f"one of {', '.join(IO_MODES)}")
+    g.add_argument("--tls", default="off", help=f"one of {', '.join(TLS_MODES)}")
+    g.add_argument("--workers", type=int, default=1)
+    for s in SWITCHES:
+        g.add_argument(f"--{s.replace('_', '-')}", dest=s, default=None,
+                       action=argparse.BooleanOptionalAction,
+                       help="default: the io mode's own default")
+    g = run.add_argument_group("load")
+    g.add_argument("--pairs", type=int, default=4)
+    g.add_argument("--size", type=int, default=1400, metavar="BYTES")
+    g.add_argument("--rate", default="unpaced", metavar="MBPS|unpaced")
+    g.add_argument("--threads", type=int, default=1)
+    _add_measure_args(run)
+    run.add_argument("--duration", type=float, default=2.0, metavar="S")
+    run.add_argument("--warmup", type=float, default=0.5, metavar="S")
+    run.add_argument("--json", action="store_true", help="print the summary row as JSON")
+
+    sweep = sub.add_parser("sweep", help="a grid of runs with interleaved repeats",
+                           description="Run the grid of a TOML sweep file (see bench/*.toml) "
+                           "with interleaved repeats, store every run, print statistics "
+                           "(mean, 95%% CI) and Welch's t-test between the compared modes. "
+                           "Points already stored are skipped (resume).")
+    sweep.add_argument("config", metavar="CONFIG.toml")
+    sweep.add_argument("--repeats", type=int, default=None, help="override the file's")
+    sweep.add_argument("--name", default=None, help="sweep name (resume key); override")
+    sweep.add_argument("--no-resume", dest="resume", action="store_false",
+                       help="run every point even if stored")
+    sweep.add_argument("--report", metavar="HTML", help="also write a report of the sweep")
+    _add_measure_args(sweep, defaults=False)
+
+    report = sub.add_parser("report", help="one self-contained HTML page of stored runs",
+                            description="Read run files (or directories of them) and write "
+                            "one HTML page with the comparison figures, statistics and "
+                            "failures; bokeh's JavaScript is inlined (no network needed).")
+    report.add_argument("runs", nargs="+", metavar="RUNS", help="parquet files or directories")
+    report.add_argument("-o", "--output", required=True, metavar="report.html")
+    report.add_argument("--title", default=None)
+
+
+def _add_measure_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    g = p.add_argument_group("measurement")
+    g.add_argument("--hz", type=float, default=10.0 if defaults else None,
+                   help="sampler ticks per second")
+    g.add_argument("--perf", choices=("auto", "on", "off"), default="auto" if defaults else None,
+                   help="perf syscall counts: auto (when available), on (required), off")
+    g.add_argument("--no-pin", dest="pin", action="store_false", default=None,
+                   help="do not pin relay and load to different CPUs")
+    g.add_argument("--store", metavar="DIR", default=None,
+                   help="where run files go (default data/runs)")
+    g.add_argument("--no-store", dest="no_store", action="store_true",
+                   help="do not store runs")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar")
+
+
+def _perf(value: str | None) -> str | bool:
+    return {"auto": "auto", "on": True, "off": False, None: "auto"}[value]
+
+
+def _store_arg(args: argparse.Namespace, default: Any = True) -> Any:
+    if args.no_store:
+        return False
+    return args.store if args.store is not None else default
+
+
+def main(args: argparse.Namespace) -> int:
+    prog = f"labkit {args.command}"
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "sweep":
+            return _sweep(args)
+        return _report(args)
+    except ConfigError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except OSError as e:  # StoreError and unreadable inputs: the message says what to do
+        print(f"{prog}: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+
+
+def _run(args: argparse.Namespace) -> int:
+    import json
+
+    from tqdm.auto import tqdm
+
+    from labkit import experiment
+    from labkit.config import RelayConfig
+    from labkit.load import LoadConfig, _parse_rate
+
+    relay = RelayConfig(io=args.io, tls=args.tls, workers=args.workers,
+                        **{s: getattr(args, s) for s in SWITCHES})
+    load = LoadConfig(pairs=args.pairs, size=args.size, rate_mbps=_parse_rate(args.rate),
+                      threads=args.threads)
+    total = args.warmup + args.duration
+    bar = tqdm(total=round(total, 1), desc=f"{args.io}", unit="s", disable=not args.progress,
+               bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s {postfix}")
+
+    def tick(row: dict[str, float]) -> None:
+        bar.n = min(round(row["t"], 1), bar.total)
+        bar.set_postfix_str(f"{row['mbps']:.0f} Mbit/s", refresh=True)
+
+    try:
+        result = experiment.run(relay, load, duration=args.duration, warmup=args.warmup,
+                                hz=args.hz, perf=_perf(args.perf), pin=args.pin is not False,
+                                live=tick, store=_store_arg(args), check=False)
+    finally:
+        bar.close()
+    s = result.summary
+    if args.json:
+        print(json.dumps({k: _jsonable(v) for k, v in s.items()}))
+    else:
+        print(f"run {s['run_id']}: {result.status}" + (f" ({s['pinning']})" if result.ok else ""))
+        if result.ok:
+            for key, label, fmt in _SUMMARY:
+                print(f"  {label:<32} {format(float(s[key]), fmt)}")
+        if result.path is not None:
+            print(f"stored: {result.path}")
+    if not result.ok:
+        print(f"labkit run: {result.error}\n{s.get('stderr_tail') or ''}".rstrip(),
+              file=sys.stderr)
+        return EXIT_FAILED_RUN
+    return 0
+
+
+def _jsonable(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and v != v:
+        return None
+    return v
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from labkit import experiment, report
+
+    kw = experiment.sweep_args_from_toml(args.config)
+    for key in ("repeats", "name", "hz"):
+        if getattr(args, key) is not None:
+            kw[key] = getattr(args, key)
+    if args.perf is not None:
+        kw["perf"] = _perf(args.perf)
+    if args.pin is not None:
+        kw["pin"] = args.pin
+    kw["store"] = _store_arg(args, kw.get("store", True))
+    result = experiment.sweep(**kw, resume=args.resume, progress=args.progress)
+    print(result)
+    if not result.stats.empty:
+        headline = result.stats[result.stats["metric"].isin(
+            ["mbps", "syscalls_per_packet", "cpu_s_per_gbit", "loss_pct"])]
+        with pd.option_context("display.width", 160, "display.max_columns", 20):
+            print(headline.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if not result.comparisons.empty:
+        c = result.comparisons
+        c = c[c["metric"].isin(["syscalls_per_packet", "cpu_s_per_gbit", "mbps"])]
+        print("\nWelch's t-test (b vs a):")
+        with pd.option_context("display.width", 160, "display.max_columns", 20):
+            print(c.drop(columns=["factor"]).to_string(index=False,
+                                                        float_format=lambda v: f"{v:.4g}"))
+    for _, f in result.failures.iterrows():
+        print(f"not ok: {f['run_id']}: {f['status']}: {f['error']}", file=sys.stderr)
+    if args.report:
+        paths = [str(p) for p in result.runs.get("path", pd.Series(dtype=str)).dropna()]
+        if paths:
+            print(f"report: {report.write(paths, args.report, title=result.name)}")
+    return 0 if result.failures.empty else EXIT_FAILED_RUN
+
+
+def _report(args: argparse.Namespace) -> int:
+    from labkit import report
+
+    path = report.write(args.runs, args.output, title=args.title)
+    print(f"report: {path}")
+    return 0

@@ -1,0 +1,946 @@
+"""Fair experiments: one run, a sweep of runs with interleaved repeats, and their statistics.
+
+    r = experiment.run(relay=RelayConfig(io="uring"), load=LoadConfig(pairs=4, rate_mbps=500),
+                       duration=2, warmup=0.5)
+    r.summary["syscalls_per_packet"], r.timeseries
+
+    s = experiment.sweep({"io": ["epoll", "uring"], "rate_mbps": [100, 300, 600]},
+                         repeats=3, duration=2, warmup=0.5)
+    s.stats, s.comparisons
+
+One run: the relay and the load generator each start in their own process (stopped by pid
+only), are pinned to different CPUs where the machine has them (the result says how), the
+one Sampler (labkit.counters.sampler) records the time series while the run lasts, and the
+window figures come from counter snapshots taken exactly at the measured window's edges
+(load ready + warm-up, and that + duration):
+
+- mbps, pps, loss: the load generator's own window figures (payload bits received);
+- syscalls_per_packet: the relay's own syscall counters (sys_*) per forwarded packet;
+  perf_syscalls_per_packet: the same from perf's raw_syscalls tracepoint, NaN where perf is
+  not available (the two are labelled apart: they count different things);
+- ctx_switches_per_kpkt: relay context switches (/proc, all threads) per 1,000 packets;
+- cpu_s_per_gbit: relay CPU-seconds per forwarded Gbit of payload (efficiency: the fair
+  figure when relay and load share cores);
+- lat_*_us: one-way latency percentiles from the load generator.
+
+A failed run (the relay or the load generator died or refused to start) is a Result with
+status "failed", the error and the failing process's stderr tail. `run(check=True)`, the
+default, raises RunFailed carrying that Result; a sweep records it and goes on.
+
+Sweeps interleave repeats (every point once, then every point again, …) so slow drift of
+the machine lands on every mode alike, skip points the store already holds (resume), and
+report mean, median and a t-distribution 95 % CI per point, and Welch's t-test between
+two modes (scipy.stats). Nothing statistical is computed by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import itertools
+import json
+import math
+import os
+import secrets
+import select
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from labkit import store as _store
+from labkit.config import SWITCHES, ConfigError, RelayConfig
+from labkit.load import Load, LoadConfig, LoadError, LoadResult
+from labkit.relay import Relay, RelayError
+
+# The per-tick keys of the Sampler contract (labkit.counters.sampler).
+TICK_KEYS = ("t", "mbps", "pps", "syscalls_per_s", "perf_syscalls_per_s", "ctx_switches_per_s",
+             "relay_cpu_pct", "load_cpu_pct", "drops_per_s", "load_mbps")
+LATENCY_KEYS = ("p50", "p90", "p99", "p999", "min", "max", "mean")
+# Derived figures of a run, in the order a summary shows them: name -> (label, unit).
+METRICS: dict[str, tuple[str, str]] = {
+    "offered_mbps": ("offered rate", "Mbit/s"),
+    "mbps": ("delivered rate", "Mbit/s"),
+    "pps": ("delivered packets", "packets/s"),
+    "loss_pct": ("loss", "%"),
+    "syscalls_per_packet": ("syscalls per packet (relay's own count)", "syscalls/packet"),
+    "perf_syscalls_per_packet": ("syscalls per packet (perf raw_syscalls)", "syscalls/packet"),
+    "ctx_switches_per_kpkt": ("relay context switches per 1,000 packets", "switches/kpkt"),
+    "cpu_s_per_gbit": ("relay CPU-seconds per Gbit", "CPU·s/Gbit"),
+    "relay_cpu_pct": ("relay CPU", "% of one core"),
+    "load_cpu_pct": ("load generator CPU", "% of one core"),
+    "drops": ("relay drops in the window", "packets"),
+    "lat_p50_us": ("latency p50", "µs"),
+    "lat_p90_us": ("latency p90", "µs"),
+    "lat_p99_us": ("latency p99", "µs"),
+    "lat_p999_us": ("latency p99.9", "µs"),
+    "lat_max_us": ("latency max", "µs"),
+}
+STAT_METRICS = ("mbps", "pps", "loss_pct", "syscalls_per_packet", "perf_syscalls_per_packet",
+                "ctx_switches_per_kpkt", "cpu_s_per_gbit", "relay_cpu_pct", "lat_p50_us",
+                "lat_p99_us")
+# RelayConfig fields a summary row carries (tidy columns a sweep can group by).
+_RELAY_COLUMNS = ("io", "tls", "workers", *SWITCHES, "assign", "pin_cpus", "queue_depth",
+                  "pool_packets", "max_conns", "write_timeout")
+# LoadConfig fields as summary columns (renamed where a RelayConfig field has the name).
+_LOAD_COLUMNS = {"mode": "load_mode", "pairs": "pairs", "size": "size",
+                 "rate_mbps": "rate_mbps", "threads": "load_threads",
+                 "pin_cpus": "load_pin_cpus", "first_cpu": "load_first_cpu"}
+# LoadConfig fields a grid may vary (host/port/TLS follow the relay).
+_LOAD_GRID = {"mode", "pairs", "size", "rate_mbps", "threads"}
+_RELAY_GRID = {f.name for f in fields(RelayConfig)} - {"host", "port"}
+_RUN_GRID = {"duration", "warmup"}
+STOP_GRACE = 1.0  # seconds between SIGTERM and SIGKILL for the run's processes
+
+
+class RunFailed(RuntimeError):
+    """A run failed; .result holds the recorded Result (status, error, stderr tail)."""
+
+    def __init__(self, result: Result) -> None:
+        self.result = result
+        s = result.summary
+        tail = str(s.get("stderr_tail") or "").rstrip()
+        super().__init__(f"run {s['run_id']} failed: {s['error']}"
+                         + (f"\nstderr tail:\n{tail}" if tail else ""))
+
+
+# ---- control ------------------------------------------------------------------------------
+
+
+class RunControl:
+    """Lets another thread watch and stop a run: `stop()` ends it within a second (SIGTERM
+    to the load generator and relay by pid, SIGKILL after the grace period).
+
+    `started` is set once both processes run; `relay_pid`/`load_pid` name them then. One
+    control may serve several runs (a sweep): once stopped it stays stopped.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
+        self.started = threading.Event()
+        self.finished = threading.Event()
+        self.relay_pid: int | None = None
+        self.load_pid: int | None = None
+        self.phase = "idle"
+
+    def stop(self) -> None:
+        if not self._event.is_set():
+            self._event.set()
+            with contextlib.suppress(OSError):
+                os.write(self._w, b"s")  # wakes the run's select()
+
+    @property
+    def stopped(self) -> bool:
+        return self._event.is_set()
+
+    def fileno(self) -> int:
+        """Readable once stop() was called (for select)."""
+        return self._r
+
+    def close(self) -> None:
+        for fd in (self._r, self._w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+# ---- result -------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """One run: `summary` (one row: config, derived figures, status), `timeseries` (one row
+    per sampler tick, with the Sampler's columns and `phase`), `meta` (configs, machine,
+    capabilities real or fallback, pinning, labkit version, git revision, date)."""
+
+    summary: pd.Series
+    timeseries: pd.DataFrame
+    meta: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def status(self) -> str:
+        return str(self.summary["status"])
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def error(self) -> str | None:
+        e = self.summary.get("error")
+        return None if e is None or (isinstance(e, float) and math.isnan(e)) else str(e)
+
+    def frame(self) -> pd.DataFrame:
+        """The summary as a one-row DataFrame (pd.concat these for a table of runs)."""
+        return self.summary.to_frame().T.infer_objects()
+
+    def raise_for_status(self) -> Result:
+        if not self.ok:
+            raise RunFailed(self)
+        return self
+
+    def __repr__(self) -> str:
+        s = self.summary
+        if not self.ok:
+            return f"Result({s['run_id']}, {self.status}: {s['error']})"
+        return (f"Result({s['run_id']}, io={s['io']}, {s['mbps']:.1f} Mbit/s, "
+                f"loss {s['loss_pct']:.2f} %, {s['syscalls_per_packet']:.3f} syscalls/packet, "
+                f"{s['cpu_s_per_gbit']:.3f} CPU·s/Gbit)")
+
+    def _repr_html_(self) -> str:
+        return self.frame().T.rename(columns={0: "value"}).to_html()
+
+
+# ---- pinning ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pinning:
+    pinned: bool
+    relay_cpus: tuple[int, ...]
+    load_cpus: tuple[int, ...]
+    note: str
+
+
+def plan_pinning(relay_workers: int, cpus: Sequence[int] | None = None) -> tuple[
+        tuple[int, ...], tuple[int, ...], str]:
+    """(relay CPUs, load CPUs, note): disjoint sets when there are at least two CPUs."""
+    cpus = sorted(os.sched_getaffinity(0)) if cpus is None else sorted(cpus)
+    if len(cpus) < 2:
+        return (), (), f"not pinned: only {len(cpus)} CPU usable, relay and load share it"
+    n_relay = max(1, min(relay_workers, len(cpus) - 1))
+    relay, load = tuple(cpus[:n_relay]), tuple(cpus[n_relay:])
+    note = f"relay on CPU {_cpus(relay)}, load on CPU {_cpus(load)}"
+    if relay_workers > n_relay:
+        note += f" ({relay_workers} relay workers share {n_relay} CPU)"
+    return relay, load, note
+
+
+def _cpus(cpus: Iterable[int]) -> str:
+    return ",".join(str(c) for c in cpus)
+
+
+def _pin_process(pid: int, cpus: Iterable[int]) -> None:
+    """Pin every thread of pid (threads started later inherit their creator's mask)."""
+    mask = set(cpus)
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+            os.sched_setaffinity(int(tid), mask)
+
+
+def _pin(relay: Relay, load: Load, relay_cfg: RelayConfig, load_cfg: LoadConfig,
+         want: bool) -> Pinning:
+    if not want:
+        return Pinning(False, (), (), "not pinned (pin=False)")
+    if relay_cfg.pin_cpus or load_cfg.pin_cpus:
+        return Pinning(False, (), (), "not pinned by labkit: the config's pin_cpus pins "
+                       "threads itself")
+    relay_cpus, load_cpus, note = plan_pinning(relay_cfg.workers)
+    if not relay_cpus:
+        return Pinning(False, (), (), note)
+    try:
+        _pin_process(relay.pid, relay_cpus)
+        _pin_process(load.pid, load_cpus)
+    except OSError as e:
+        return Pinning(False, (), (), f"not pinned: sched_setaffinity failed ({e.strerror})")
+    return Pinning(True, relay_cpus, load_cpus, note)
+
+
+# ---- window snapshots ------------------------------------------------------------------------
+
+
+@dataclass
+class _Snap:
+    t: float
+    counters: dict[str, int]
+    relay_cpu_s: float
+    relay_ctx: int
+    load_cpu_s: float
+
+
+def _snapshot(relay: Relay, relay_proc: Any, load_proc: Any) -> _Snap:
+    t = time.monotonic()
+    counters = relay.counters()
+    r = relay_proc.sample().total
+    lo = load_proc.sample().total
+    return _Snap(t, counters, r.cpu_s, r.ctx_switches, lo.cpu_s)
+
+
+def _window_figures(s0: _Snap, s1: _Snap, res: LoadResult, size: int) -> dict[str, float]:
+    def d(name: str) -> int:
+        return s1.counters.get(name, 0) - s0.counters.get(name, 0)
+
+    dt = s1.t - s0.t
+    fwd = d("packets_forwarded")
+    sys_n = sum(d(n) for n in s1.counters if n.startswith("sys_"))
+    drops = sum(d(n) for n in s1.counters if n.startswith("drop_"))
+    cpu = s1.relay_cpu_s - s0.relay_cpu_s
+    gbit = d("packet_bytes_forwarded") * 8 / 1e9
+    nan = float("nan")
+    offered = res.sent * size * 8 / res.seconds / 1e6 if res.seconds > 0 else nan
+    out = {
+        "window_s": dt,
+        "offered_mbps": offered,
+        "mbps": res.mbps,
+        "pps": res.pps,
+        "sent": res.sent,
+        "received": res.received,
+        "lost": res.lost,
+        "loss_pct": res.loss_pct,
+        "relay_packets": fwd,
+        "relay_syscalls": sys_n,
+        "syscalls_per_packet": sys_n / fwd if fwd else nan,
+        "perf_syscalls_per_packet": nan,
+        "relay_ctx_switches": s1.relay_ctx - s0.relay_ctx,
+        "ctx_switches_per_kpkt": 1000 * (s1.relay_ctx - s0.relay_ctx) / fwd if fwd else nan,
+        "relay_cpu_s": cpu,
+        "relay_cpu_pct": 100 * cpu / dt if dt > 0 else nan,
+        "load_cpu_s": s1.load_cpu_s - s0.load_cpu_s,
+        "load_cpu_pct": 100 * (s1.load_cpu_s - s0.load_cpu_s) / dt if dt > 0 else nan,
+        "cpu_s_per_gbit": cpu / gbit if gbit > 0 else nan,
+        "drops": drops,
+        "latency_samples": res.latency_samples,
+    }
+    for k in LATENCY_KEYS:
+        out[f"lat_{k}_us"] = float(res.latency[k])
+    return out
+
+
+def _perf_per_packet(ts: pd.DataFrame, t0: float, ws: float, we: float,
+                     packets: int) -> float:
+    """perf's syscall count over the window from the sampler's cumulative perf column
+    (interpolated at the window's edges), per forwarded packet; NaN without perf."""
+    if not packets or ts.empty:
+        return float("nan")
+    cols = [c for c in ("perf.raw_syscalls:sys_enter",) if c in ts.columns]
+    t = ts["t"].to_numpy(dtype=float)
+    if cols:
+        cum = ts[cols[0]].to_numpy(dtype=float)
+    elif "perf_syscalls_per_s" in ts:
+        rate = ts["perf_syscalls_per_s"].to_numpy(dtype=float)
+        cum = np.concatenate([[0.0], np.cumsum(rate[1:] * np.diff(t))])
+    else:
+        return float("nan")
+    ok = np.isfinite(cum) & np.isfinite(t)
+    if ok.sum() < 2:
+        return float("nan")
+    lo, hi = np.interp([ws - t0, we - t0], t[ok], cum[ok])
+    return float((hi - lo) / packets)
+
+
+# ---- one run ------------------------------------------------------------------------------
+
+
+def _new_run_id(prefix: str = "run") -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    return f"{prefix}-{stamp}-{secrets.token_hex(3)}"
+
+
+def _config_columns(relay_cfg: RelayConfig, load_cfg: LoadConfig) -> dict[str, Any]:
+    r = relay_cfg.to_dict()
+    cols: dict[str, Any] = {k: r[k] for k in _RELAY_COLUMNS}
+    lo = load_cfg.to_dict()
+    for k, col in _LOAD_COLUMNS.items():
+        cols[col] = lo[k]
+    if cols["rate_mbps"] is None:
+        cols["rate_mbps"] = float("nan")  # unpaced
+    cols["duration"] = load_cfg.duration
+    cols["warmup"] = load_cfg.warmup
+    return cols
+
+
+@functools.cache
+def capabilities() -> dict[str, Any]:
+    """What labkit.caps() reports (probed once per process), as plain data:
+    {name: {"ok": …, "detail": …, "todo": …}}; {} where labkit.caps is missing."""
+    try:
+        from labkit import caps as caps_mod
+    except ImportError:
+        return {}
+    try:
+        report = caps_mod.probe()
+    except Exception as e:  # a probe failure must not fail a run; record it instead
+        return {"error": f"{type(e).__name__}: {e}"}
+    return _plain(report)
+
+
+def _plain(o: Any) -> Any:
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return {f.name: _plain(getattr(o, f.name)) for f in fields(o)}
+    if isinstance(o, Mapping):
+        return {str(k): _plain(v) for k, v in o.items()}
+    if isinstance(o, list | tuple | set | frozenset):
+        return [_plain(v) for v in o]
+    if hasattr(o, "to_dict"):
+        return _plain(o.to_dict())
+    if isinstance(o, str | int | float | bool) or o is None:
+        return o
+    return str(o)
+
+
+def _validate_load_template(cfg: LoadConfig) -> LoadConfig:
+    """Check a load config whose address will be the relay's (port 0 is fine here)."""
+    cfg.replace(port=cfg.port or 1).validate()
+    return cfg
+
+
+def _for_relay(template: LoadConfig, relay: Relay) -> LoadConfig:
+    changes: dict[str, Any] = {"host": relay.host, "port": relay.port, "tls": relay.tls}
+    if relay.tls != "off":
+        if not template.insecure and template.ca_file is None:
+            changes["ca_file"] = relay.cert_file
+    else:
+        changes |= {"insecure": False, "ca_file": None}
+    return template.replace(**changes)
+
+
+class _Waiter:
+    """Waits for a deadline, a stop request or the death of a child, whichever comes first,
+    without polling: select() on the children's pidfds and the control's pipe."""
+
+    def __init__(self, control: RunControl, pids: dict[str, int], pump: Callable[[], None]
+                 | None, pump_every: float) -> None:
+        self.control = control
+        self.pump = pump
+        self.pump_every = pump_every
+        self.fds: dict[int, str] = {}
+        for name, pid in pids.items():
+            with contextlib.suppress(OSError):
+                self.fds[os.pidfd_open(pid)] = name
+
+    def until(self, deadline: float) -> str | None:
+        """None at the deadline; 'stop', or the name of a child that exited."""
+        watch = [self.control.fileno(), *self.fds]
+        while True:
+            if self.control.stopped:
+                return "stop"
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            timeout = min(left, self.pump_every) if self.pump else left
+            ready, _, _ = select.select(watch, [], [], timeout)
+            if self.pump is not None:
+                self.pump()
+            for fd in ready:
+                if fd in self.fds:
+                    return self.fds[fd]
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _terminate(child: Any) -> None:
+    """SIGTERM a child by pid while it is unreaped (returncode polls: a reaped pid is never
+    signalled)."""
+    if child is not None and child.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGTERM)
+
+
+def _subscriber(live: Any) -> Callable[[dict[str, Any]], None] | None:
+    if live is None:
+        return None
+    if hasattr(live, "push"):
+        return live.push
+    if callable(live):
+        return live
+    raise TypeError(f"live={live!r}: give a plots.LivePanel or a callable taking a tick dict")
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    return "".join(text.splitlines(keepends=True)[-lines:])
+
+
+def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
+        duration: float | None = None, warmup: float | None = None, hz: float = 10.0,
+        perf: str | bool = "auto", procfs: bool = True, pin: bool = True,
+        labels: Mapping[str, Any] | None = None, live: Any = None,
+        control: RunControl | None = None, store: bool | str | os.PathLike[str] = False,
+        check: bool = True, run_id: str | None = None,
+        on_start: Callable[[Relay, Load], None] | None = None,
+        start_timeout: float = 10.0, stop_grace: float = STOP_GRACE) -> Result:
+    """Run the relay and the load generator once and measure.
+
+    duration/warmup override the LoadConfig's. live: a plots.LivePanel (or any callable)
+    fed every sampler tick. control: a RunControl to stop the run from another thread.
+    store: True (data/runs) or a directory to save the Result there. check: raise
+    RunFailed when the run fails (else return it with status "failed"). on_start(relay,
+    load) is called once both processes run (tests use it to kill one).
+
+    ConfigError (before any process starts) for an invalid config.
+    """
+    relay_cfg = (relay or RelayConfig()).validate()
+    load_cfg = load or LoadConfig()
+    if duration is not None:
+        load_cfg = load_cfg.replace(duration=duration)
+    if warmup is not None:
+        load_cfg = load_cfg.replace(warmup=warmup)
+    _validate_load_template(load_cfg)
+    if not (isinstance(hz, int | float) and 0 < hz <= 100):
+        raise ConfigError(f"hz={hz!r} must be samples per second, 0 < hz <= 100")
+    from labkit.counters.sampler import Sampler  # the one sampler (loads the native module)
+
+    control = control or RunControl()
+    labels = dict(labels or {})
+    run_id = run_id or _new_run_id(str(labels.get("sweep") or "run"))
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    columns = _config_columns(relay_cfg, load_cfg)
+    info: dict[str, Any] = {"status": "ok", "error": None, "stderr_tail": None}
+    figures: dict[str, Any] = {}
+    pinning = Pinning(False, (), (), "not started")
+    ticks = pd.DataFrame(columns=list(TICK_KEYS))
+    sources: dict[str, str] = {}
+    t0 = ws = we = float("nan")
+    relay_proc = load_proc = sampler = waiter = None
+    the_relay = Relay(relay_cfg, start_timeout=start_timeout, stop_grace=stop_grace)
+    the_load: Load | None = None
+    subscriber = _subscriber(live)
+    pump = getattr(live, "pump", None)
+
+    def fail(error: str, tail: str) -> None:
+        if info["status"] == "ok":
+            info.update(status="failed", error=error, stderr_tail=_tail(tail))
+
+    try:
+        control.phase = "starting"
+        the_relay.start()
+        # the sampler (and perf, which takes a moment to attach) starts before the load, so
+        # the warm-up is not spent waiting for it; the load joins it once connected
+        sampler = Sampler(relay=the_relay, load=None, hz=hz, run_id=run_id, labels=labels,
+                          perf=perf, procfs=procfs)
+        if subscriber is not None:
+            sampler.subscribe(subscriber)
+        sampler.start()
+        t0 = time.monotonic()  # the sampler's `t` counts from (just before) here
+        the_load = Load(_for_relay(load_cfg, the_relay), start_timeout=start_timeout,
+                        stop_grace=stop_grace)
+        the_load.start()
+        t_ready = time.monotonic()
+        sampler.attach_load(the_load)
+        from labkit.counters.procfs import ProcThreads
+
+        relay_proc, load_proc = ProcThreads(the_relay.pid), ProcThreads(the_load.pid)
+        pinning = _pin(the_relay, the_load, relay_cfg, load_cfg, pin)
+        control.relay_pid, control.load_pid = the_relay.pid, the_load.pid
+        control.started.set()
+        if on_start is not None:
+            on_start(the_relay, the_load)
+        waiter = _Waiter(control, {"relay": the_relay.pid, "load": the_load.pid}, pump,
+                         1.0 / max(hz, 2.0))
+        ws = t_ready + load_cfg.warmup
+        we = ws + load_cfg.duration
+        s0 = s1 = None
+        control.phase = "warmup"
+        event = waiter.until(ws)
+        if event is None:
+            s0 = _snapshot(the_relay, relay_proc, load_proc)
+            control.phase = "window"
+            event = waiter.until(we)
+        if event is None:
+            s1 = _snapshot(the_relay, relay_proc, load_proc)
+            control.phase = "drain"
+            # the load ends by itself after its drain; "load" here is that exit
+            event = waiter.until(we + 10.0 + 2 * stop_grace)
+            if event is None:
+                fail("the load generator overran its window by 10 s", the_load.stderr_tail)
+        control.phase = "stopping"
+        if event == "relay" or the_relay.returncode is not None:
+            code = the_relay.wait(stop_grace)
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            fail(f"the relay died mid-run ({how})", the_relay.stderr_tail)
+        elif event == "stop":
+            info.update(status="stopped", error="stopped by request")
+            # signal both now; the bookkeeping below (sampler, result line) may take longer
+            for child in (the_load, the_relay):
+                _terminate(child)
+        elif info["status"] == "ok":
+            try:
+                res = the_load.wait(stop_grace + 5.0)
+            except LoadError as e:
+                fail(f"the load generator failed ({type(e).__name__})",
+                     getattr(e, "stderr_tail", "") or str(e))
+            else:
+                if s0 is None or s1 is None:
+                    fail("the load generator ended before its window did",
+                         the_load.stderr_tail)
+                else:
+                    figures = _window_figures(s0, s1, res, load_cfg.size)
+    except (RelayError, LoadError) as e:
+        tail = getattr(e, "stderr_tail", None)
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        fail(first, tail if tail is not None else str(e))
+    except Exception as e:  # e.g. perf=True where perf cannot run: a recorded failure too
+        fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+             traceback.format_exc())
+    finally:
+        # stop by pid: load first (its SIGTERM ends the window early), then the relay
+        try:
+            if sampler is not None:
+                sampler.stop()
+                ticks = sampler.ticks()
+                sources = dict(sampler.sources)
+        finally:
+            if the_load is not None:
+                the_load.stop()
+            code = the_relay.stop()
+        if waiter is not None:
+            waiter.close()
+        if pump is not None:
+            pump()
+        control.phase = "done"
+    if info["status"] == "ok" and code not in (0, None):
+        # the relay ran the whole window but did not stop cleanly: the figures stand, but say so
+        info["error"] = f"relay exit code {code} at stop"
+        info["stderr_tail"] = _tail(the_relay.stderr_tail)
+    if figures and not ticks.empty:
+        figures["perf_syscalls_per_packet"] = _perf_per_packet(
+            ticks, t0, ws, we, int(figures["relay_packets"]))
+    ticks = _with_phase(ticks, t0, ws, we)
+    summary = {
+        "run_id": run_id,
+        "status": info["status"],
+        "error": info["error"],
+        "stderr_tail": info["stderr_tail"],
+        "started_at": started_at,
+        **columns,
+        **{k: v for k, v in labels.items() if k not in columns},
+        "pinned": pinning.pinned,
+        "relay_cpus": _cpus(pinning.relay_cpus),
+        "load_cpus": _cpus(pinning.load_cpus),
+        "pinning": pinning.note,
+        "perf_source": sources.get("perf", "unknown"),
+    }
+    for k in METRICS:
+        summary.setdefault(k, float("nan"))
+    summary |= figures
+    meta = _store.provenance() | {
+        "run_id": run_id,
+        "relay_config": relay_cfg.to_dict(),
+        "load_config": load_cfg.to_dict(),
+        "labels": labels,
+        "pinning": dataclasses.asdict(pinning),
+        "sources": sources,
+        "capabilities": capabilities(),
+        "hz": hz,
+    }
+    result = Result(pd.Series(summary, dtype=object), ticks, meta)
+    if store is not False:
+        _store.save(result, None if store is True else store)
+    control.finished.set()
+    if check and result.status == "failed":
+        raise RunFailed(result)
+    return result
+
+
+def _with_phase(ticks: pd.DataFrame, t0: float, ws: float, we: float) -> pd.DataFrame:
+    ticks = ticks.copy()
+    if ticks.empty or math.isnan(t0):
+        ticks["phase"] = pd.Series(dtype=str)
+        return ticks
+    t = ticks["t"].astype(float)
+    ticks["phase"] = np.where(t < ws - t0, "warmup", np.where(t <= we - t0, "window", "drain"))
+    return ticks
+
+
+# ---- sweeps -------------------------------------------------------------------------------
+
+
+def expand_grid(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]
+                ) -> list[dict[str, Any]]:
+    """A grid {key: [values]} -> every combination (first key varies slowest); a list of
+    dicts is taken as the points themselves."""
+    if isinstance(grid, Mapping):
+        keys = list(grid)
+        for k in keys:
+            v = grid[k]
+            if isinstance(v, str | bytes) or not isinstance(v, Sequence) or not v:
+                raise ConfigError(f"grid[{k!r}]={v!r} must be a non-empty list of values")
+        return [dict(zip(keys, combo, strict=True))
+                for combo in itertools.product(*(grid[k] for k in keys))]
+    return [dict(p) for p in grid]
+
+
+def point_configs(point: Mapping[str, Any], relay: RelayConfig, load: LoadConfig,
+                  duration: float, warmup: float) -> tuple[RelayConfig, LoadConfig]:
+    """The configs of one grid point; ConfigError for an unknown key or invalid value."""
+    unknown = set(point) - _RELAY_GRID - _LOAD_GRID - _RUN_GRID
+    if unknown:
+        raise ConfigError(
+            f"grid key(s) {', '.join(sorted(unknown))} are not RelayConfig fields, LoadConfig "
+            f"fields ({', '.join(sorted(_LOAD_GRID))}) or duration/warmup")
+    r = relay.replace(**{k: v for k, v in point.items() if k in _RELAY_GRID})
+    lo = load.replace(duration=point.get("duration", duration),
+                      warmup=point.get("warmup", warmup),
+                      **{k: v for k, v in point.items() if k in _LOAD_GRID})
+    return r, lo
+
+
+def point_key(relay: RelayConfig, load: LoadConfig) -> str:
+    """A stable name of what a run measures (configs minus addresses): resume matches it."""
+    r = {k: v for k, v in relay.to_dict().items() if k not in ("host", "port")}
+    lo = {k: v for k, v in load.to_dict().items() if k not in ("host", "port")}
+    blob = json.dumps({"relay": r, "load": lo}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+@dataclass
+class SweepResult:
+    """runs: one summary row per run (including resumed ones); stats: mean, median, 95 % CI
+    per point and metric; comparisons: Welch's t-test between the two compared modes."""
+
+    name: str
+    runs: pd.DataFrame
+    stats: pd.DataFrame
+    comparisons: pd.DataFrame
+    by: list[str]
+    paths: list[Path] = field(default_factory=list)
+    skipped: int = 0
+
+    @property
+    def failures(self) -> pd.DataFrame:
+        if self.runs.empty:
+            return self.runs
+        return self.runs[self.runs["status"] != "ok"]
+
+    def __repr__(self) -> str:
+        n_ok = int((self.runs["status"] == "ok").sum()) if not self.runs.empty else 0
+        return (f"SweepResult({self.name!r}, {len(self.runs)} runs, {n_ok} ok, "
+                f"{len(self.failures)} not ok, {self.skipped} resumed from the store)")
+
+
+def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], *,
+          repeats: int = 3, relay: RelayConfig | None = None, load: LoadConfig | None = None,
+          duration: float = 2.0, warmup: float = 0.5, name: str | None = None,
+          store: bool | str | os.PathLike[str] = True, resume: bool = True,
+          progress: bool = True, hz: float = 10.0, perf: str | bool = "auto",
+          procfs: bool = True, pin: bool = True, compare: tuple[str, Any, Any] | None = None,
+          control: RunControl | None = None, live: Any = None,
+          on_start: Callable[[dict[str, Any], int, Relay, Load], None] | None = None,
+          on_result: Callable[[Result], None] | None = None) -> SweepResult:
+    """Run every grid point `repeats` times, interleaved (A B … A B …), and summarise.
+
+    grid keys: RelayConfig fields (io, tls, workers, switches, …), LoadConfig fields
+    (rate_mbps, size, pairs, threads, mode) and duration/warmup. Every point is validated
+    before anything runs (ConfigError). store: True (data/runs) or a directory; with resume,
+    (point, repeat) pairs already stored with status "ok" are not run again. A failed run is
+    recorded (status "failed", stderr tail) and the sweep goes on. compare=(key, a, b): a
+    Welch t-test of b against a per point (default: io epoll vs uring when both are in the
+    grid). control.stop() ends the sweep after stopping the current run.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise ConfigError(f"repeats={repeats!r} must be an integer >= 1")
+    relay = relay or RelayConfig()
+    load = load or LoadConfig()
+    factor = compare[0] if compare is not None else "io"
+    if isinstance(grid, Mapping) and factor in grid:
+        # the compared factor varies fastest: A and B of one point run back to back
+        grid = {k: grid[k] for k in grid if k != factor} | {factor: grid[factor]}
+    points = expand_grid(grid)
+    if not points:
+        raise ConfigError("the grid has no points")
+    resolved = []
+    for p in points:
+        try:
+            r, lo = point_configs(p, relay, load, duration, warmup)
+            r.validate()
+            _validate_load_template(lo)
+        except ConfigError as e:
+            raise ConfigError(f"grid point {p}: {e}") from None
+        resolved.append((p, r, lo, point_key(r, lo)))
+    by = list(dict.fromkeys(k for p in points for k in p))
+    name = name or "sweep-" + hashlib.sha1(
+        json.dumps([k for *_, k in resolved]).encode()).hexdigest()[:8]
+    directory = None if store is False else (
+        _store.default_dir() if store is True else Path(store))
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    if directory is not None and resume and directory.exists():
+        old = _store.load(directory)
+        if not old.empty and "sweep" in old:
+            for row in old[(old["sweep"] == name) & (old["status"] == "ok")].to_dict("records"):
+                done[(str(row["point"]), int(row["repeat"]))] = row
+    control = control or RunControl()
+    rows: list[dict[str, Any]] = []
+    paths: list[Path] = []
+    skipped = 0
+    order = [(rep, item) for rep in range(repeats) for item in resolved]  # interleaved
+    bar = tqdm(total=len(order), desc=name, unit="run", disable=not progress)
+    try:
+        for rep, (p, r, lo, key) in order:
+            if control.stopped:
+                break
+            if (key, rep) in done:
+                rows.append(done[(key, rep)])
+                skipped += 1
+                bar.update(1)
+                continue
+            bar.set_postfix_str(", ".join(f"{k}={v}" for k, v in p.items()) + f" #{rep + 1}")
+            hook = None
+            if on_start is not None:
+                def hook(rl: Relay, ld: Load, p: dict[str, Any] = p, rep: int = rep) -> None:
+                    on_start(p, rep, rl, ld)
+            labels = {"sweep": name, "point": key, "repeat": rep} | {
+                k: v for k, v in p.items() if k in _RUN_GRID}
+            result = run(r, lo, hz=hz, perf=perf, procfs=procfs, pin=pin, labels=labels,
+                         live=live, control=control, store=False, check=False, on_start=hook,
+                         run_id=f"{name}-{key}-r{rep}-{secrets.token_hex(3)}")
+            if directory is not None and result.status != "stopped":
+                paths.append(_store.save(result, directory))
+            rows.append(result.summary.to_dict() | (
+                {"path": str(result.path)} if result.path else {}))
+            if on_result is not None:
+                on_result(result)
+            bar.update(1)
+    finally:
+        bar.close()
+    runs = pd.DataFrame(rows)
+    if compare is None and "io" in by:
+        ios = {p["io"] for p in points}
+        if {"epoll", "uring"} <= ios:
+            compare = ("io", "epoll", "uring")
+    st = summarize(runs, by=by) if not runs.empty else pd.DataFrame()
+    cmp = pd.DataFrame()
+    if compare is not None and not runs.empty:
+        factor, a, b = compare
+        cmp = welch(runs, factor=factor, a=a, b=b, by=[k for k in by if k != factor])
+    return SweepResult(name, runs, st, cmp, by, paths, skipped)
+
+
+# ---- statistics ---------------------------------------------------------------------------
+
+
+def _ok(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["status"] == "ok"] if "status" in runs else runs
+
+
+def summarize(runs: pd.DataFrame, by: Sequence[str] = ("io",),
+              metrics: Sequence[str] = STAT_METRICS, confidence: float = 0.95) -> pd.DataFrame:
+    """Per group of `by` and metric: n, mean, median, std, sem and the t-distribution CI
+    (scipy.stats.t.interval) of the mean. Only runs with status "ok" count. Long form:
+    one row per (group, metric)."""
+    ok = _ok(runs)
+    by = [b for b in by if b in ok.columns]
+    metrics = [m for m in metrics if m in ok.columns]
+    if ok.empty or not metrics:
+        return pd.DataFrame(columns=[*by, "metric", "n", "mean", "median", "std", "sem",
+                                     "ci_low", "ci_high"])
+    long = ok.melt(id_vars=by, value_vars=metrics, var_name="metric", value_name="value")
+    long["value"] = pd.to_numeric(long["value"], errors="coerce")
+    long = long.dropna(subset=["value"])
+    keys = [*by, "metric"]
+    g = long.groupby(keys, dropna=False, sort=True)["value"]
+    out = g.agg(n="count", mean="mean", median="median", std="std", sem="sem").reset_index()
+    dof = (out["n"] - 1).to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        low, high = sps.t.interval(confidence, np.where(dof > 0, dof, np.nan),
+                                   loc=out["mean"].to_numpy(dtype=float),
+                                   scale=out["sem"].to_numpy(dtype=float))
+    out["ci_low"], out["ci_high"] = low, high
+    # a zero-spread sample has a zero-width interval, not an unknown one
+    flat = (out["n"] > 1) & (out["sem"] == 0)
+    out.loc[flat, "ci_low"] = out.loc[flat, "mean"]
+    out.loc[flat, "ci_high"] = out.loc[flat, "mean"]
+    return out
+
+
+def welch(runs: pd.DataFrame, factor: str = "io", a: Any = "epoll", b: Any = "uring",
+          by: Sequence[str] = (), metrics: Sequence[str] = STAT_METRICS) -> pd.DataFrame:
+    """Welch's t-test (scipy.stats.ttest_ind, equal_var=False) of `b` against `a` on
+    `factor`, per group of `by` and metric: means, their difference and ratio, t and p."""
+    ok = _ok(runs)
+    by = [k for k in by if k in ok.columns and k != factor]
+    metrics = [m for m in metrics if m in ok.columns]
+    rows = []
+    if ok.empty or factor not in ok:
+        return pd.DataFrame()
+    groups = ok.groupby(by, dropna=False, sort=True) if by else [((), ok)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        for m in metrics:
+            xa = pd.to_numeric(g.loc[g[factor] == a, m], errors="coerce").dropna()
+            xb = pd.to_numeric(g.loc[g[factor] == b, m], errors="coerce").dropna()
+            t = p = float("nan")
+            if len(xa) >= 2 and len(xb) >= 2:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    res = sps.ttest_ind(xb, xa, equal_var=False)
+                t, p = float(res.statistic), float(res.pvalue)
+            ma = float(xa.mean()) if len(xa) else float("nan")
+            mb = float(xb.mean()) if len(xb) else float("nan")
+            rows.append(dict(zip(by, key, strict=True)) | {
+                "metric": m, "factor": factor, "a": a, "b": b, "n_a": len(xa), "n_b": len(xb),
+                "mean_a": ma, "mean_b": mb, "diff": mb - ma,
+                "ratio": mb / ma if ma else float("nan"), "t": t, "p": p,
+                "significant": bool(p < 0.05) if not math.isnan(p) else False,
+            })
+    return pd.DataFrame(rows)
+
+
+# ---- sweep configuration files --------------------------------------------------------------
+
+
+_SWEEP_KEYS = {"name", "repeats", "duration", "warmup", "hz", "perf", "pin", "store",
+               "compare", "relay", "load", "grid"}
+
+
+def sweep_args_from_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Keyword arguments for sweep() from a TOML file (see bench/*.toml); ConfigError for
+    anything unknown or invalid, with the same messages as the Python API."""
+    import tomllib
+
+    p = Path(path)
+    try:
+        doc = tomllib.loads(p.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read sweep config {str(p)!r}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    unknown = set(doc) - _SWEEP_KEYS
+    if unknown:
+        raise ConfigError(f"{p}: unknown key(s) {', '.join(sorted(unknown))}; known: "
+                          + ", ".join(sorted(_SWEEP_KEYS)))
+    if "grid" not in doc or not isinstance(doc["grid"], dict):
+        raise ConfigError(f"{p}: a [grid] table is required, e.g. io = [\"epoll\", \"uring\"]")
+    try:
+        relay = RelayConfig(**doc.get("relay", {}))
+    except TypeError as e:
+        raise ConfigError(f"{p} [relay]: {e}") from None
+    load_table = dict(doc.get("load", {}))
+    for k in ("host", "port"):
+        if k in load_table:
+            raise ConfigError(f"{p} [load]: {k} follows the relay; remove it")
+    try:
+        load = LoadConfig(**load_table)
+    except TypeError as e:
+        raise ConfigError(f"{p} [load]: {e}") from None
+    kw: dict[str, Any] = {"grid": doc["grid"], "relay": relay, "load": load}
+    for k in ("name", "repeats", "duration", "warmup", "hz", "perf", "pin"):
+        if k in doc:
+            kw[k] = doc[k]
+    if "store" in doc:
+        kw["store"] = Path(doc["store"])  # relative: to the current directory, like the CLI
+    if "compare" in doc:
+        c = doc["compare"]
+        if not (isinstance(c, list) and len(c) == 3):
+            raise ConfigError(f"{p}: compare must be [key, a, b], e.g. [\"io\", \"epoll\", "
+                              "\"uring\"]")
+        kw["compare"] = tuple(c)
+    return kw

@@ -1,0 +1,1 @@
+"""Adversarial clients against every io mode, worker count and TLS setting."""

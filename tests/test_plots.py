@@ -1,0 +1,144 @@
+"""labkit.plots: every figure titled, with units, hover and caption; the live panel's
+thread hand-off and rollover."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import pytest
+from bokeh.models import HoverTool, Whisker
+from experiment_helpers import fake_sweep, runs_frame
+
+from labkit import experiment, plots
+
+
+def _tick(i: int) -> dict[str, float]:
+    return {k: float(i) for k in experiment.TICK_KEYS}
+
+
+def _check_figure(layout: Any) -> None:
+    """Title, axis labels with units, hover tooltips on every plot; a caption."""
+    ps = plots.plots_in(layout)
+    assert ps, "no plot in the layout"
+    for p in ps:
+        assert p.title.text, "every figure has a title"
+        for ax in (*p.xaxis, *p.yaxis):
+            assert ax.axis_label, f"{p.title.text}: an axis has no label"
+        ylabels = " ".join(ax.axis_label for ax in p.yaxis)
+        assert any(u in ylabels for u in ("/", "%", "µs", "fraction", "(")), \
+            f"{p.title.text}: y axis {ylabels!r} names no unit"
+        hovers = [t for t in p.tools if isinstance(t, HoverTool)]
+        assert hovers and all(h.tooltips for h in hovers), f"{p.title.text}: no tooltips"
+    caption = plots.caption_of(layout)
+    assert len(caption) > 30 and "\n" not in caption
+
+
+@pytest.fixture(scope="module")
+def sweep_data() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    results = fake_sweep(repeats=3, workers=(1, 2))
+    runs = runs_frame(results)
+    stats = experiment.summarize(runs, by=["io", "rate_mbps", "workers"])
+    ts = pd.concat([r.timeseries.assign(run_id=r.summary["run_id"], io=r.summary["io"],
+                                        rate_mbps=r.summary["rate_mbps"]) for r in results])
+    return runs, stats, ts
+
+
+def test_bars_with_ci_whiskers(sweep_data: Any) -> None:
+    runs, stats, _ = sweep_data
+    layout = plots.bars_ci(stats[stats["workers"] == 1], "syscalls_per_packet")
+    _check_figure(layout)
+    p = plots.plot_of(layout)
+    assert any(isinstance(r, Whisker) for r in p.center), "CI whiskers"
+    src = p.renderers[0].data_source
+    assert len(src.data["mean"]) == 4  # 2 modes x 2 rates
+    assert all(lo <= m <= hi for lo, m, hi in zip(src.data["low"], src.data["mean"],
+                                                  src.data["high"], strict=True))
+    assert "syscalls/packet" in p.yaxis[0].axis_label
+
+
+@pytest.mark.parametrize("make", [
+    lambda r, s, t: plots.offered_vs_delivered(r),
+    lambda r, s, t: plots.latency_cdf(r),
+    lambda r, s, t: plots.scaling(s, "mbps", x="workers"),
+    lambda r, s, t: plots.scaling(s, "cpu_s_per_gbit", x="workers"),
+    lambda r, s, t: plots.run_timeseries(t, "mbps"),
+    lambda r, s, t: plots.bars_ci(s, "cpu_s_per_gbit"),
+], ids=["offered-delivered", "latency-cdf", "scaling-mbps", "scaling-cpu", "timeseries",
+        "bars-cpu"])
+def test_each_comparison_figure(sweep_data: Any, make: Callable[..., Any]) -> None:
+    _check_figure(make(*sweep_data))
+
+
+def test_comparison_set_and_failed_runs(sweep_data: Any) -> None:
+    runs, stats, ts = sweep_data
+    runs = runs.copy()
+    runs.loc[0, "status"] = "failed"
+    figs = plots.comparison_figures(runs, stats, ts)
+    titles = [plots.plot_of(f).title.text for f in figs]
+    assert any("Syscalls per packet" in t for t in titles)
+    assert any("CPU-seconds per Gbit" in t for t in titles)
+    assert any("Scaling" in t for t in titles) and any("latency" in t.lower() for t in titles)
+    for f in figs:
+        _check_figure(f)
+
+
+def test_live_panel_streams_with_rollover_outside_a_kernel() -> None:
+    panel = plots.LivePanel(rollover=5, loop=None)
+    _check_figure(panel.layout)
+    t = threading.Thread(target=lambda: [panel.push(_tick(i)) for i in range(12)])
+    t.start()
+    t.join(5)
+    assert panel.ticks_seen == 12
+    assert len(panel.source.data["mbps"]) == 5, "rollover keeps the last 5"
+    assert panel.source.data["mbps"][-1] == 11.0
+    panel.clear()
+    assert len(panel.source.data["mbps"]) == 0
+
+
+class _FakeLoop:
+    """Stands in for the kernel's IOLoop: records add_callback calls from other threads."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[], Any]] = []
+        self.lock = threading.Lock()
+
+    def add_callback(self, cb: Callable[[], Any]) -> None:
+        with self.lock:
+            self.callbacks.append(cb)
+
+    def run_pending(self) -> None:
+        with self.lock:
+            cbs, self.callbacks = self.callbacks, []
+        for cb in cbs:
+            cb()
+
+
+def test_live_panel_marshals_sampler_ticks_to_the_loop_thread() -> None:
+    loop = _FakeLoop()
+    panel = plots.LivePanel(loop=loop)
+    seen_threads: list[str] = []
+    panel.source.on_change("data", lambda attr, old, new: seen_threads.append(
+        threading.current_thread().name))
+    t = threading.Thread(target=lambda: [panel.push(_tick(i)) for i in range(10)],
+                         name="sampler")
+    t.start()
+    t.join(5)
+    assert len(panel.source.data["mbps"]) == 0, "the sampler thread never touches bokeh"
+    assert 1 <= len(loop.callbacks) <= 10, "flushes are coalesced while one is pending"
+    loop.run_pending()  # the loop's (owner) thread
+    assert len(panel.source.data["mbps"]) == 10
+    assert "sampler" not in seen_threads
+    panel.push(_tick(99))  # on the owner thread: flushed at once
+    assert panel.source.data["mbps"][-1] == 99.0
+    panel.pump()
+
+
+def test_live_panel_widget_is_a_bokeh_model() -> None:
+    from jupyter_bokeh import BokehModel
+
+    panel = plots.LivePanel(loop=None)
+    w = panel.widget()
+    assert isinstance(w, BokehModel) and panel.widget() is w
