@@ -270,6 +270,8 @@ class _Snap:
     t: float
     counters: dict[str, int]
     relay_cpu_s: float
+    relay_user_s: float  # tick-granular (10 ms): for the user/system split only
+    relay_sys_s: float
     relay_ctx: int
     load_cpu_s: float
 
@@ -279,7 +281,7 @@ def _snapshot(relay: Relay, relay_proc: Any, load_proc: Any) -> _Snap:
     counters = relay.counters()
     r = relay_proc.sample().total
     lo = load_proc.sample().total
-    return _Snap(t, counters, r.cpu_s, r.ctx_switches, lo.cpu_s)
+    return _Snap(t, counters, r.cpu_s, r.utime_s, r.stime_s, r.ctx_switches, lo.cpu_s)
 
 
 def _window_figures(s0: _Snap, s1: _Snap, res: LoadResult, size: int) -> dict[str, float]:
@@ -310,6 +312,8 @@ def _window_figures(s0: _Snap, s1: _Snap, res: LoadResult, size: int) -> dict[st
         "relay_ctx_switches": s1.relay_ctx - s0.relay_ctx,
         "ctx_switches_per_kpkt": 1000 * (s1.relay_ctx - s0.relay_ctx) / fwd if fwd else nan,
         "relay_cpu_s": cpu,
+        "relay_user_s": s1.relay_user_s - s0.relay_user_s,
+        "relay_sys_s": s1.relay_sys_s - s0.relay_sys_s,
         "relay_cpu_pct": 100 * cpu / dt if dt > 0 else nan,
         "load_cpu_s": s1.load_cpu_s - s0.load_cpu_s,
         "load_cpu_pct": 100 * (s1.load_cpu_s - s0.load_cpu_s) / dt if dt > 0 else nan,

@@ -126,30 +126,36 @@ static void unpaced_send(lk_load_thread *t, lk_load_conn *c)
 }
 
 /* Paced: a token bucket in packets.  A sender waits for a quantum of tokens
- * (100 us of its rate, at least one packet) so high rates still batch, and
- * the bucket holds at most one batch, so a stall does not turn into a burst
- * larger than one send. Returns the earliest time a sender is due. */
+ * (100 us of its rate, at least one packet) so high rates still batch.  The
+ * bucket holds up to 10 ms of the rate: a wake-up that comes late on a busy
+ * machine (a millisecond is common on two shared cores) is made up for rather
+ * than lost, while a long stall still cannot turn into more than a 10 ms
+ * burst.  It leaves in batch-sized sends.  Returns the earliest time a sender
+ * is due. */
 static uint64_t pace(lk_load_thread *t)
 {
     lk_load *l = t->load;
     uint64_t next = UINT64_MAX;
+    double burst = l->pps * 0.010 > l->batch_frames ? l->pps * 0.010 : l->batch_frames;
     for (uint32_t i = 0; i < t->n_conns; i++) {
         lk_load_conn *c = t->conns[i];
         if (c->role != LK_LR_SENDER || c->closed || c->state != LK_LS_STEADY)
             continue;
         c->tokens += (double)(t->now - c->refill_ns) * l->pps / 1e9;
         c->refill_ns = t->now;
-        if (c->tokens > l->batch_frames)
-            c->tokens = l->batch_frames;
-        if (c->tokens >= l->quantum && lk_lc_pending(c) == 0) {
-            uint32_t n = (uint32_t)c->tokens;
+        if (c->tokens > burst)
+            c->tokens = burst;
+        while (c->tokens >= l->quantum && lk_lc_pending(c) == 0) {
+            uint32_t n = c->tokens < l->batch_frames ? (uint32_t)c->tokens : l->batch_frames;
             build(t, c, n);
             c->tokens -= n;
             if (lk_lc_flush(c) != 0) {
                 report_dead(t, c);
-                continue;
+                break;
             }
         }
+        if (c->closed)
+            continue;
         if (lk_lc_pending(c))
             continue;  /* EPOLLOUT will bring us back */
         double wait_ns = (l->quantum - c->tokens) / l->pps * 1e9;
