@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from labkit import keys
+from labkit.cstrings import c_string
 
 IO_MODES = ("epoll", "uring")
 TLS_MODES = ("off", "user", "ktls")
@@ -249,11 +250,7 @@ class RelayConfig:
         keepalive: list[Any] = [cfg]
 
         def cstr(s: str | None) -> Any:
-            if s is None:
-                return ffi.NULL
-            buf = ffi.new("char[]", os.fsencode(s))
-            keepalive.append(buf)
-            return buf
+            return c_string(ffi, keepalive, s)
 
         cfg.listen_fd = listen_fd
         cfg.ready_fd = ready_fd

@@ -30,6 +30,8 @@ from typing import Any, Literal
 
 from labkit import process
 from labkit.config import ConfigError
+from labkit.cstrings import c_string
+from labkit.process import ChildFailed
 
 TLS_MODES = ("off", "user", "ktls")
 LOAD_MODES = ("throughput", "echo")
@@ -199,11 +201,7 @@ class LoadConfig:
         keepalive: list[Any] = [cfg]
 
         def cstr(s: str | None) -> Any:
-            if s is None:
-                return ffi.NULL
-            buf = ffi.new("char[]", os.fsencode(s))
-            keepalive.append(buf)
-            return buf
+            return c_string(ffi, keepalive, s)
 
         cfg.host = cstr(self.host)
         cfg.port = self.port
@@ -280,16 +278,11 @@ class LoadError(RuntimeError):
     """The load generator did not start or did not behave."""
 
 
-class LoadFailed(LoadError):
+class LoadFailed(ChildFailed, LoadError):
     """The load process failed (bad target, handshake failure, crash); stderr says why."""
 
     def __init__(self, exitcode: int | None, stderr_tail: str, what: str = "failed") -> None:
-        self.exitcode = exitcode
-        self.stderr_tail = stderr_tail
-        how = f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 \
-            else f"exit code {exitcode}"
-        tail = stderr_tail.rstrip() or "(no stderr)"
-        super().__init__(f"load generator {what} ({how}); stderr tail:\n{tail}")
+        super().__init__("load generator", exitcode, stderr_tail, what)
 
 
 class LoadTimeout(LoadError):

@@ -23,6 +23,7 @@ from typing import Any
 
 from labkit.config import ConfigError
 from labkit.load import LoadConfig, LoadResult
+from labkit.process import first_line
 
 EXIT_FAILED = 2
 # How often the waiting main thread repeats a requested stop: lk_load_run clears stale
@@ -64,21 +65,6 @@ class _StopRepeater:
     def close(self) -> None:
         os.close(self._wake_r)
         os.close(self._wake_w)
-
-
-def _first_line(fd: int, done_fd: int, stop: _StopRepeater) -> bytes | None:
-    """The first line written to fd, or None if done_fd becomes readable first."""
-    buf = b""
-    while not buf.endswith(b"\n"):
-        readable = stop.select([fd, done_fd])
-        if fd in readable:
-            chunk = os.read(fd, 64)
-            if not chunk:
-                return None
-            buf += chunk
-        elif done_fd in readable:
-            return None
-    return buf
 
 
 def _totals(shm: Any) -> dict[str, int]:
@@ -123,7 +109,7 @@ def run(cfg: LoadConfig, as_json: bool) -> int:
     load_thread = threading.Thread(target=body, name="lk_load_run")
     load_thread.start()
     try:
-        if _first_line(ready_r, done_r, stop) is not None:
+        if first_line(ready_r, done_r, stop.select) is not None:
             shm = ShmCounters(shm_name)
             announce(cfg, shm_name, as_json)
         stop.select([done_r])

@@ -13,9 +13,40 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import IO
 
 STDERR_TAIL_LINES = 200
+
+
+class ChildFailed(RuntimeError):
+    """A child process (relay, load generator) ended when it should not have; the
+    message carries how it ended and the tail of its stderr."""
+
+    def __init__(self, who: str, exitcode: int | None, stderr_tail: str, what: str) -> None:
+        self.exitcode = exitcode
+        self.stderr_tail = stderr_tail
+        how = f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 \
+            else f"exit code {exitcode}"
+        tail = stderr_tail.rstrip() or "(no stderr)"
+        super().__init__(f"{who} {what} ({how}); stderr tail:\n{tail}")
+
+
+def first_line(fd: int, done_fd: int, wait: Callable[[list[int]], list[int]]) -> bytes | None:
+    """The first line a child host's C side writes to fd (its ready pipe), or None if
+    done_fd (the run thread finished) becomes readable first. `wait(fds)` blocks until
+    some of fds are readable and returns them (a host may repeat a stop while waiting)."""
+    buf = b""
+    while not buf.endswith(b"\n"):
+        readable = wait([fd, done_fd])
+        if fd in readable:
+            chunk = os.read(fd, 64)
+            if not chunk:
+                return None
+            buf += chunk
+        elif done_fd in readable:
+            return None
+    return buf
 
 
 def sanitizer_env() -> dict[str, str]:

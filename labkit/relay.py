@@ -20,7 +20,7 @@ from typing import Any
 
 from labkit.config import RelayConfig
 from labkit.counters.slots import sum_slots
-from labkit.process import LineReader, Tail, child_env, stop_pid, unlink_shm
+from labkit.process import ChildFailed, LineReader, Tail, child_env, stop_pid, unlink_shm
 
 SHM_DIR = "/dev/shm"
 
@@ -29,16 +29,11 @@ class RelayError(RuntimeError):
     """The relay process did not start or did not behave."""
 
 
-class RelayCrashed(RelayError):
+class RelayCrashed(ChildFailed, RelayError):
     """The relay process exited when it should have been running."""
 
     def __init__(self, exitcode: int | None, stderr_tail: str, what: str = "exited") -> None:
-        self.exitcode = exitcode
-        self.stderr_tail = stderr_tail
-        how = f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 \
-            else f"exit code {exitcode}"
-        tail = stderr_tail.rstrip() or "(no stderr)"
-        super().__init__(f"relay {what} ({how}); stderr tail:\n{tail}")
+        super().__init__("relay", exitcode, stderr_tail, what)
 
 
 class RelayStartTimeout(RelayError):

@@ -28,6 +28,7 @@ from typing import Any
 
 from labkit import keys, tlscert
 from labkit.config import ConfigError, RelayConfig
+from labkit.process import first_line
 
 EXIT_FAILED = 2
 LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
@@ -105,21 +106,6 @@ def raise_open_file_limit(cfg: RelayConfig) -> int:
     return target
 
 
-def _read_line(fd: int, done_fd: int) -> bytes | None:
-    """The first line written to fd, or None if done_fd becomes readable first."""
-    buf = b""
-    while not buf.endswith(b"\n"):
-        readable, _, _ = select.select([fd, done_fd], [], [])
-        if fd in readable:
-            chunk = os.read(fd, 64)
-            if not chunk:
-                return None
-            buf += chunk
-        elif done_fd in readable:
-            return None
-    return buf
-
-
 def serve(cfg: RelayConfig) -> int:
     """Run a relay for cfg until SIGTERM/SIGINT. Returns the process exit code."""
     cfg.validate()
@@ -167,7 +153,7 @@ def serve(cfg: RelayConfig) -> int:
     relay_thread = threading.Thread(target=run, name="lk_relay_run")
     relay_thread.start()
     try:
-        line = _read_line(ready_r, done_r)
+        line = first_line(ready_r, done_r, lambda fds: select.select(fds, [], [])[0])
         if line is not None:
             if stop_requested.is_set():
                 # The signal may have come before lk_relay_run armed its stop flag.

@@ -2,6 +2,7 @@
 #ifndef LK_COMMON_H
 #define LK_COMMON_H
 
+#include <stdarg.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -28,5 +29,7 @@ int lk_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)))
 /* One line on stderr, prefixed "labkit relay: ".  Only for events a person
  * should see (a pool ran dry, start-up facts); never per packet. */
 void lk_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The same for another program of the module ("labkit load"). */
+void lk_vlog(const char *who, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
 #endif

@@ -32,12 +32,18 @@ int lk_fail(int err, const char *fmt, ...)
     return err;
 }
 
-void lk_log(const char *fmt, ...)
+void lk_vlog(const char *who, const char *fmt, va_list ap)
 {
     char line[512];
+    vsnprintf(line, sizeof line, fmt, ap);
+    /* one write: lines from several threads do not interleave */
+    fprintf(stderr, "%s: %s\n", who, line);
+}
+
+void lk_log(const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
+    lk_vlog("labkit relay", fmt, ap);
     va_end(ap);
-    fprintf(stderr, "labkit relay: %s\n", line);
 }

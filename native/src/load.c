@@ -31,12 +31,10 @@ int lk_load_stop_fd(void) { return stop_fd; }
 
 void lk_load_log(const char *fmt, ...)
 {
-    char line[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
+    lk_vlog("labkit load", fmt, ap);
     va_end(ap);
-    fprintf(stderr, "labkit load: %s\n", line);
 }
 
 void lk_load_config_defaults(lk_load_config *cfg)
