@@ -183,15 +183,16 @@ def _init_script(argv: Sequence[str], *, cwd: str, env: Mapping[str, str], timeo
         # consoles: tty1 is the command's stdout, tty2 its stderr, byte for byte
         "stty -opost -echo < /dev/tty1; stty -opost -echo < /dev/tty2",
     ]
-    for key, value in env.items():
-        if key.isidentifier():
-            lines.append(f"export {key}={q(value)}")
+    # The command's environment is exactly `env` (as subprocess does), applied by env(1)
+    # to the command alone, so e.g. an LD_PRELOAD meant for it never reaches this script.
+    child_env = {k: v for k, v in env.items() if k.isidentifier()}
+    child_env["PATH"] = f"{bindir}:{env.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"
+    child_env |= {"LABKIT_SANDBOX": "1", "LABKIT_SANDBOX_RESULTS": str(results)}
+    assignments = " ".join(q(f"{k}={v}") for k, v in child_env.items())
     lines += [
-        f"PATH={q(str(bindir))}:\"$PATH\"; export PATH",
-        f"export LABKIT_SANDBOX=1 LABKIT_SANDBOX_RESULTS={q(str(results))}",
         f"cd {q(cwd)} || cd /",
         "start=$(date +%s.%N)",
-        f"timeout -k 5 {limit} {' '.join(q(a) for a in argv)} "
+        f"timeout -k 5 {limit} env -i {assignments} {' '.join(q(a) for a in argv)} "
         "</dev/null >/dev/tty1 2>/dev/tty2",
         "status=$?",
         "end=$(date +%s.%N)",
