@@ -35,6 +35,9 @@
  *   client "writes" queue per connection and reach the relay only through
  *   DELIVER, in whatever pieces the input chooses.
  *
+ * FUZZ_SESSION_TRACE=1 prints every frame the relay sends, per connection (to read
+ * a crash input).
+ *
  * Invariants checked (abort() on violation, so libFuzzer reports it):
  *   - every connection's output is well-formed: [HTTP head] then whole DERP
  *     frames of relay->client types with their exact sizes, ServerKey then
@@ -585,6 +588,8 @@ HARNESS static void check_quiescent(void)
             CHECK(w->peers.buckets[b] == NULL);
         CHECK(w->stats.c[LK_G_CONNS_CURRENT] == 0);
         CHECK(w->stats.c[LK_G_QUEUE_DEPTH] == 0);
+        for (uint32_t b = 0; b < LK_XBUCKETS; b++)
+            CHECK(w->pool.xinflight[b] == 0); /* every cross-worker packet came home */
         for (uint32_t s = 0; s < w->max_conns; s++) {
             lk_conn *c = &w->conns[s];
             CHECK(c->state == LK_CS_FREE && !c->dirty && c->io_refs == 0);

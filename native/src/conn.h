@@ -65,7 +65,6 @@ typedef struct lk_conn {
     struct lk_conn *dup_next, *dup_prev;  /* connections sharing this key */
     uint64_t last_active_ns;    /* registered or last sent a frame: duplicate-key rule */
     uint64_t last_seen_src;     /* cache: id of the source peer last recorded as seen */
-    uint32_t xshard_inflight;   /* its packets (our buffers) queued on other workers */
     struct lk_conn *watch_next; /* mesh watchers of this worker */
 
     /* input */

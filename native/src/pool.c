@@ -67,7 +67,7 @@ lk_pkt *lk_pool_get(lk_pool *p, uint32_t frame_len)
     pkt->owner = p->owner;
     pkt->large = (uint8_t)large;
     pkt->disco = 0;
-    pkt->sender = 0;
+    pkt->xbucket = 0;
     pkt->len = 0;
     return pkt;
 }

@@ -227,30 +227,32 @@ void lk_route_packet(lk_worker *w, lk_conn *from, const uint8_t src[LK_KEY_LEN],
     /* ForwardPacket carries someone else's source: no PeerGone tracking for it */
     uint64_t src_peer = from->peer && memcmp(src, from->key, LK_KEY_LEN) == 0 ? from->peer->id : 0;
     uint64_t sender = lk_core_conn_token(from);
-    uint32_t owner = lk_shard_owner(w->relay, dst);
+    uint32_t bucket;
+    uint32_t owner = lk_shard_owner_bucket(w->relay, dst, &bucket);
     if (owner == w->index) {
         deliver(w, dst, pkt, src_peer, w->index, sender);
         return;
     }
-    /* Fairness across shards: while the owner's ring is congested (half its limit), a
-     * sender that already has a quarter of it in flight is tail-dropped here, so one
-     * flood into a slow shard cannot crowd out this worker's other senders. */
-    uint32_t limit = lk_shard_ring_limit(w);
-    if (from->xshard_inflight >= limit / 4 && lk_shard_ring_used(w, owner) >= limit / 2) {
+    /* Per-destination bound across shards, as Go's per-destination queue: this worker's
+     * packets waiting on others (ring, remote queue, remote writer) for one destination
+     * stay under a share of the ring, so a flood into a slow or stalled receiver is
+     * tail-dropped here instead of crowding the ring for everyone else's packets. */
+    uint32_t share = lk_shard_ring_limit(w) / 4;
+    uint32_t floor = 2 * w->relay->cfg.queue_depth + LK_TX_MAX + 256;
+    if (w->pool.xinflight[bucket] >= (share > floor ? share : floor)) {
         LK_COUNT(w, DROP_QUEUE_TAIL);
         lk_pkt_free(w, pkt);
         return;
     }
     lk_xmsg m = {.kind = LK_X_PACKET, .pkt = pkt, .a = src_peer, .b = sender};
     memcpy(m.key, dst, LK_KEY_LEN);
-    pkt->sender = sender;
+    pkt->xbucket = bucket + 1;  /* read back only by us, when LK_X_FREE returns it */
     if (lk_shard_send(w, owner, &m, 1) != 0) {
         LK_COUNT(w, DROP_QUEUE_TAIL);  /* the owner's ring is full */
-        pkt->sender = 0;
         lk_pkt_free(w, pkt);
         return;
     }
-    from->xshard_inflight++;
+    w->pool.xinflight[bucket]++;
     LK_COUNT(w, XSHARD_SENT);
 }
 

@@ -35,15 +35,24 @@ void lk_shard_destroy(lk_relay *r)
     r->rings = NULL;
 }
 
-uint32_t lk_shard_owner(const lk_relay *r, const uint8_t key[LK_KEY_LEN])
+uint32_t lk_shard_owner_bucket(const lk_relay *r, const uint8_t key[LK_KEY_LEN],
+                               uint32_t *bucket)
 {
+    *bucket = 0;
     if (r->n_workers == 1)
         return 0;
     uint8_t h[crypto_shorthash_BYTES];
     crypto_shorthash(h, key, LK_KEY_LEN, r->shard_key);
     uint64_t v;
     memcpy(&v, h, sizeof v);
+    *bucket = (uint32_t)(v >> 40) % LK_XBUCKETS;
     return (uint32_t)(v % r->n_workers);
+}
+
+uint32_t lk_shard_owner(const lk_relay *r, const uint8_t key[LK_KEY_LEN])
+{
+    uint32_t bucket;
+    return lk_shard_owner_bucket(r, key, &bucket);
 }
 
 static int overflow_push(lk_worker *w, uint32_t to, const lk_xmsg *m)
@@ -66,12 +75,6 @@ uint32_t lk_shard_ring_limit(const lk_worker *w)
     uint32_t others = w->relay->n_workers > 1 ? w->relay->n_workers - 1 : 1;
     uint32_t limit = w->pool.small.count / (2 * others);
     return limit < 16 ? 16 : limit > LK_RING_CAP ? LK_RING_CAP : limit;
-}
-
-uint32_t lk_shard_ring_used(const lk_worker *w, uint32_t to)
-{
-    lk_spsc *q = ring(w->relay, w->index, to);
-    return q->tail - __atomic_load_n(&q->head, __ATOMIC_ACQUIRE);
 }
 
 int lk_shard_send(lk_worker *w, uint32_t to, lk_xmsg *m, int droppable)
@@ -176,11 +179,8 @@ static void handle(lk_worker *w, lk_xmsg *m)
         lk_route_remote_packet(w, m);
         break;
     case LK_X_FREE:
-        if (m->pkt->sender) {  /* one less in flight for its sender, if still connected */
-            lk_conn *c = lk_core_conn_from_token(w, m->pkt->sender);
-            if (c && c->xshard_inflight)
-                c->xshard_inflight--;
-        }
+        if (m->pkt->xbucket)  /* one less waiting on others for its destination */
+            w->pool.xinflight[m->pkt->xbucket - 1]--;
         lk_pool_put(&w->pool, m->pkt);
         break;
     default:

@@ -46,13 +46,15 @@ typedef struct lk_handoff {
 int lk_shard_init(lk_relay *r);
 void lk_shard_destroy(lk_relay *r);
 uint32_t lk_shard_owner(const lk_relay *r, const uint8_t key[LK_KEY_LEN]);
+/* The same, and the key's bucket in lk_pool.xinflight (keyed: clients cannot aim). */
+uint32_t lk_shard_owner_bucket(const lk_relay *r, const uint8_t key[LK_KEY_LEN],
+                               uint32_t *bucket);
 /* Queue m for thread `to`.  A droppable message (a packet) is refused when
  * the ring is full (-1); others wait in an overflow list. */
 int lk_shard_send(lk_worker *w, uint32_t to, lk_xmsg *m, int droppable);
 /* Packets one ring may hold: w's rings to the other workers together keep half of its
- * pool free.  And how many messages wait in w's ring to `to` now. */
+ * pool free. */
 uint32_t lk_shard_ring_limit(const lk_worker *w);
-uint32_t lk_shard_ring_used(const lk_worker *w, uint32_t to);
 void lk_shard_broadcast(lk_worker *w, lk_xmsg *m);
 /* Consumer side: handle everything that arrived. */
 void lk_shard_drain(lk_worker *w);

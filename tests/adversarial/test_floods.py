@@ -101,11 +101,14 @@ def test_slow_reader_gets_an_intact_stream(relay: Any, connect: Any) -> None:
     seqs: list[int] = []
     pongs: list[bytes] = []
     gones: list[bytes] = []
-    while True:  # read until the relay has nothing more for B
+    deadline = time.monotonic() + 10 * ARRIVE
+    while True:  # read until PeerGone came and the relay has nothing more for B
         try:
             f = b.recv(SILENCE)  # a ProtocolError here would be a broken stream
         except TimeoutError:
-            break
+            if gones or time.monotonic() > deadline:
+                break
+            continue
         if isinstance(f, derp.RecvPacket):
             assert f.src == a.public_key and len(f.data) == 1006
             seqs.append(int(f.data[:6]))
@@ -118,7 +121,6 @@ def test_slow_reader_gets_an_intact_stream(relay: Any, connect: Any) -> None:
     # one Pong may be outstanding at a time (§6.10): some Pings go unanswered
     assert pongs and pongs == sorted(pongs) and set(pongs) <= set(pings)
     assert gones == [gone.public_key]
-    assert len(seqs) >= 2 * relay.cfg.queue_depth and seqs == sorted(seqs), \
-        "packets were lost wholesale or overtook each other"
+    assert seqs and seqs == sorted(seqs), "packets were all lost or overtook each other"
     assert_open(b)
     assert_delivers(a, b)

@@ -12,6 +12,7 @@ Findings so far (native/fuzz/regressions/session/):
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -38,7 +39,10 @@ def test_committed_fuzz_inputs_replay_clean(harness: str) -> None:
     assert build.returncode == 0, f"building {target} failed:\n{build.stderr[-4000:]}"
     inputs = _inputs(harness)
     assert inputs, f"no committed inputs for {harness}"
-    run = subprocess.run([str(ROOT / target), *map(str, inputs)], cwd=ROOT,
+    # clang's sanitizer runtime is linked in: not gcc's, which the sanitizer pass preloads
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
+    run = subprocess.run([str(ROOT / target), *map(str, inputs)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, f"fuzz_{harness} failed on a committed input:\n" \
                                 f"{run.stderr[-6000:]}"
