@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import ipaddress
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from labkit import keys
@@ -20,6 +20,9 @@ from labkit.cstrings import c_string
 IO_MODES = ("epoll", "uring")
 TLS_MODES = ("off", "user", "ktls")
 ASSIGN_MODES = ("hash", "round_robin")
+# How a relay's node key reaches its process (never argv: ps shows argv to every user).
+PRIVATE_KEY_ENV = "LABKIT_RELAY_PRIVATE_KEY"
+
 SWITCHES = (
     "batch", "multishot", "provided_buffers", "coalesce", "sqpoll", "defer_taskrun",
     "single_issuer",
@@ -70,7 +73,8 @@ class RelayConfig:
     cert_file: str | None = None  # None in a TLS mode: a fresh self-signed pair
     key_file: str | None = None
     key_file_relay: str | None = None  # node key file; None (and no private_key): random key
-    private_key: str | None = None  # node key as 64 hex digits
+    # node key as 64 hex digits: a secret, so never in repr, stored results or argv
+    private_key: str | None = field(default=None, repr=False)
     mesh_key_file: str | None = None
     handshake_timeout: float = 10.0
     write_timeout: float = 2.0  # 0: no per-destination write deadline
@@ -201,15 +205,20 @@ class RelayConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain values for storage, with switches resolved: a result must say what ran,
         not that a default did."""
-        return dataclasses.asdict(self) | self.switches()
+        plain = dataclasses.asdict(self) | self.switches()
+        if plain["private_key"] is not None:
+            plain["private_key"] = "<redacted>"
+        return plain
 
     def to_args(self) -> list[str]:
         """Command-line arguments for `labkit relay` that from_args() turns back into self.
-        Only fields that differ from the defaults are written."""
+        Only fields that differ from the defaults are written. private_key is never
+        written (any user can read argv with ps): secret_env() passes it in PRIVATE_KEY_ENV,
+        which from_namespace() reads."""
         args = ["--listen", _format_listen(self.host, self.port)]
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("host", "port") or value == f.default:
+            if f.name in ("host", "port", "private_key") or value == f.default:
                 continue
             flag = "--" + _FLAG_NAMES.get(f.name, f.name).replace("_", "-")
             if f.name in SWITCHES:
@@ -329,7 +338,14 @@ def from_namespace(ns: argparse.Namespace) -> RelayConfig:
     host, port = _parse_listen(ns.listen)
     values = {f.name: getattr(ns, f.name) for f in fields(RelayConfig)
               if f.name not in ("host", "port")}
+    if values["private_key"] is None:
+        values["private_key"] = os.environ.get(PRIVATE_KEY_ENV)
     return RelayConfig(host=host, port=port, **values)
+
+
+def secret_env(cfg: RelayConfig) -> dict[str, str]:
+    """Environment entries a relay process for cfg needs beyond its arguments."""
+    return {PRIVATE_KEY_ENV: cfg.private_key} if cfg.private_key is not None else {}
 
 
 def _format_listen(host: str, port: int) -> str:

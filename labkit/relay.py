@@ -18,7 +18,7 @@ import time
 import weakref
 from typing import Any
 
-from labkit.config import RelayConfig
+from labkit.config import RelayConfig, secret_env
 from labkit.counters.slots import sum_slots
 from labkit.process import ChildFailed, LineReader, Tail, child_env, stop_pid, unlink_shm
 
@@ -67,7 +67,7 @@ class Relay:
     def start(self) -> "Relay":
         if self._proc is not None:
             raise RelayError("this Relay was already started; make a new one")
-        env = child_env(self._env)
+        env = child_env(secret_env(self.cfg) | self._env)
         # A new session: Ctrl-C in a notebook interrupts the cell, not the relay.
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "labkit", "relay", *self.cfg.to_args()],

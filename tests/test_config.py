@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from labkit import keys
-from labkit.config import SWITCHES, URING_ONLY, ConfigError, RelayConfig
+from labkit.config import (
+    PRIVATE_KEY_ENV,
+    SWITCHES,
+    URING_ONLY,
+    ConfigError,
+    RelayConfig,
+    secret_env,
+)
 
 HEX64 = "ab" * 32
 
@@ -158,10 +165,21 @@ def test_switch_defaults_per_mode() -> None:
                     keepalive=1.5, queue_depth=7, max_conns=9, pool_packets=100),
     ],
 )
-def test_args_round_trip(cfg: RelayConfig) -> None:
+def test_args_round_trip(cfg: RelayConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """argv plus the environment a Relay gives its child make the same config again."""
     args = cfg.to_args()
     assert all(isinstance(a, str) for a in args)
+    for name, value in secret_env(cfg).items():
+        monkeypatch.setenv(name, value)
     assert RelayConfig.from_args(args) == cfg
+
+
+def test_private_key_stays_out_of_argv_repr_and_storage() -> None:
+    cfg = RelayConfig(private_key=HEX64)
+    assert HEX64 not in " ".join(cfg.to_args())
+    assert HEX64 not in repr(cfg)
+    assert cfg.to_dict()["private_key"] == "<redacted>"
+    assert secret_env(cfg) == {PRIVATE_KEY_ENV: HEX64}
 
 
 def test_to_args_writes_only_what_differs() -> None:
