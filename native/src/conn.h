@@ -47,6 +47,13 @@ typedef struct lk_bytes {
 
 #define LK_CTRL_MAX (4u << 20)
 
+/* Append len bytes, growing the buffer up to LK_CTRL_MAX (0, or -1 past it or
+ * out of memory).  `pin`: where to park the old buffer instead of freeing it,
+ * when a send that may still be in flight reads from it (io_uring reads a
+ * send's memory until it completes); NULL when no send is in flight.  The
+ * owner frees *pin once that send completes. */
+int lk_bytes_append(lk_bytes *b, const void *data, uint32_t len, uint8_t **pin);
+
 typedef struct lk_conn {
     int fd;
     uint32_t slot;

@@ -26,42 +26,11 @@ void lk_out_mark_dirty(lk_worker *w, lk_conn *c)
     w->dirty = c;
 }
 
-/* `pin`: where to park the old buffer instead of freeing it, when bytes of it
- * sit in a send that may still be in flight (NULL: no such send). */
-static int bytes_append(lk_bytes *b, const void *data, uint32_t len, uint8_t **pin)
-{
-    if (b->off == b->len)
-        b->off = b->len = 0;
-    if (b->len + len > b->cap) {
-        uint32_t cap = b->cap ? b->cap : 512;
-        while (cap < b->len + len)
-            cap *= 2;
-        if (cap > LK_CTRL_MAX)
-            return -1;
-        uint8_t *d;
-        if (pin && !*pin) {
-            /* io_uring reads a send's memory until it completes: copy, keep the old */
-            if (!(d = malloc(cap)))
-                return -1;
-            if (b->len)
-                memcpy(d, b->data, b->len);
-            *pin = b->data;
-        } else if (!(d = realloc(b->data, cap))) {
-            return -1;
-        }
-        b->data = d;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, data, len);
-    b->len += len;
-    return 0;
-}
-
 int lk_out_http(lk_worker *w, lk_conn *c, const void *bytes, uint32_t len)
 {
     if (!lk_conn_alive(c))
         return -1;
-    if (bytes_append(&c->ctrl, bytes, len, c->iov_ctrl ? &c->ctrl_pinned : NULL) != 0) {
+    if (lk_bytes_append(&c->ctrl, bytes, len, c->iov_ctrl ? &c->ctrl_pinned : NULL) != 0) {
         /* a client that lets megabytes of control frames pile up is not reading */
         lk_conn_close(w, c, LK_C_CLOSE_WRITE_TIMEOUT);
         return -1;
@@ -240,6 +209,7 @@ static int gather_tls(lk_worker *w, lk_conn *c, struct iovec *iov, int max)
     if (out->len == out->off)
         return 0;
     iov[0] = (struct iovec){out->data + out->off, out->len - out->off};
+    lk_tls_out_sending(c->tls, 1);
     return 1;
 }
 
@@ -264,6 +234,7 @@ void lk_core_sent(lk_worker *w, lk_conn *c, size_t n)
     LK_COUNT_N(w, BYTES_OUT, n);
     if (c->tls) {
         lk_bytes *out = lk_tls_out(c->tls);
+        lk_tls_out_sending(c->tls, 0);
         out->off += (uint32_t)n;
         if (out->off == out->len)
             out->off = out->len = 0;

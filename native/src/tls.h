@@ -40,6 +40,8 @@ int lk_tls_read(lk_tls_conn *t, uint8_t *buf, size_t cap);
 int lk_tls_write(lk_tls_conn *t, const uint8_t *data, size_t n);
 /* Ciphertext waiting to be sent (records made by handshake or writes). */
 lk_bytes *lk_tls_out(lk_tls_conn *t);
+/* The backend's send of lk_tls_out() starts (1) or has completed (0). */
+void lk_tls_out_sending(lk_tls_conn *t, int sending);
 /* Bytes of the last lk_tls_input() OpenSSL has not taken.  Without
  * read-ahead OpenSSL asks for exactly one record at a time, so after the
  * handshake completes these start at a record boundary. */

@@ -24,28 +24,20 @@ struct lk_tls_conn {
     const uint8_t *in;     /* ciphertext not yet taken by OpenSSL */
     size_t in_len;
     lk_bytes out;          /* ciphertext to send */
+    int sending;           /* a send of `out` may be in flight (lk_tls_out_sending) */
+    uint8_t *pinned;       /* out's old buffer, kept while that send reads it */
     int failed;
     lk_ktls_secrets *secrets;  /* kTLS mode: filled by the keylog callback */
 };
 
+/* OpenSSL may write while a send of earlier records is in flight (a record
+ * produced while reading, e.g. an alert or a KeyUpdate reply): then growing
+ * the buffer must not move the memory that send reads. */
 static int bio_write(BIO *b, const char *data, int len)
 {
     lk_tls_conn *t = BIO_get_data(b);
-    lk_bytes *o = &t->out;
-    if (o->off == o->len)
-        o->off = o->len = 0;
-    if (o->len + (uint32_t)len > o->cap) {
-        uint32_t cap = o->cap ? o->cap : 16384;
-        while (cap < o->len + (uint32_t)len)
-            cap *= 2;
-        uint8_t *d = realloc(o->data, cap);
-        if (!d)
-            return -1;
-        o->data = d;
-        o->cap = cap;
-    }
-    memcpy(o->data + o->len, data, (size_t)len);
-    o->len += (uint32_t)len;
+    if (lk_bytes_append(&t->out, data, (uint32_t)len, t->sending ? &t->pinned : NULL) != 0)
+        return -1;
     return len;
 }
 
@@ -191,6 +183,7 @@ void lk_tls_conn_free(lk_tls_conn *t)
         return;
     SSL_free(t->ssl);
     free(t->out.data);
+    free(t->pinned);
     if (t->secrets)
         OPENSSL_cleanse(t->secrets, sizeof *t->secrets);
     free(t->secrets);
@@ -241,6 +234,15 @@ int lk_tls_write(lk_tls_conn *t, const uint8_t *data, size_t n)
 }
 
 lk_bytes *lk_tls_out(lk_tls_conn *t) { return &t->out; }
+
+void lk_tls_out_sending(lk_tls_conn *t, int sending)
+{
+    t->sending = sending;
+    if (!sending) {
+        free(t->pinned);
+        t->pinned = NULL;
+    }
+}
 
 size_t lk_tls_unread(const lk_tls_conn *t) { return t->in_len; }
 
