@@ -89,7 +89,7 @@ def soak(seconds: float, mode: str, pairs: int, size: int) -> None:
     (pools are sized at start, nothing grows per packet)."""
     samples: list[tuple[float, int]] = []
 
-    def watch(_point: dict[str, Any], _rep: int, relay: Relay, _load: Any) -> None:
+    def watch(relay: Relay, _load: Any) -> None:
         def loop() -> None:
             t0 = time.monotonic()
             while relay.returncode is None:
