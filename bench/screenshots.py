@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +22,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the JupyterLab + Chromium pieces the tests use
+
+from browser_helpers import (  # noqa: E402
+    CHROMIUM_ARGS,
+    JS_APP_READY,
+    JS_KERNEL_IDLE,
+    JS_RUN_ALL,
+    JupyterLab,
+    browser,
+    chromium_path,
+    wait_for,
+)
+
 SHOTS = ROOT / "build" / "screenshots"
 CELL = """\
 from labkit.widgets import Dashboard
@@ -41,36 +50,13 @@ d
 
 
 def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    path = chromium_path()
     if path is None:
         sys.exit("chromium is not installed: `make setup` (or apt-get install chromium)")
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_listening(lab: subprocess.Popen[bytes], port: int, deadline: float) -> None:
-    """Read JupyterLab's log until it says it serves on our port, then keep draining it."""
-    from labkit.process import LineReader, Tail
-
-    assert lab.stderr is not None
-    reader = LineReader(lab.stderr)
-    while True:
-        line = reader.readline(deadline)  # TimeoutError at the deadline
-        if line is None:
-            raise RuntimeError(f"jupyter lab exited early (code {lab.wait()})")
-        if f"127.0.0.1:{port}/" in line.decode(errors="replace"):
-            Tail(lab.stderr, "jupyterlab-log")  # a full pipe would block the server
-            return
-
-
 def dashboard_shot(out: Path, timeout: float = 120.0) -> Path:
-    from playwright.sync_api import sync_playwright
-
     work = Path(tempfile.mkdtemp(prefix="labkit-shot-"))
     nb = {"cells": [{"cell_type": "code", "metadata": {}, "source": CELL, "outputs": [],
                      "execution_count": None}],
@@ -78,46 +64,21 @@ def dashboard_shot(out: Path, timeout: float = 120.0) -> Path:
                                       "language": "python"}},
           "nbformat": 4, "nbformat_minor": 5}
     (work / "dashboard.ipynb").write_text(json.dumps(nb))
-    # no "would you like news?" toast over the screenshot
-    (work / "cfg" / "labconfig").mkdir(parents=True)
-    (work / "cfg" / "labconfig" / "page_config.json").write_text(json.dumps(
-        {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
-    port, token = free_port(), secrets.token_hex(16)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JUPYTER_CONFIG_DIR=str(work / "cfg"))
-    lab = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
-         "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={work}", "--LabApp.expose_app_in_browser=True",
-         *(["--allow-root"] if os.geteuid() == 0 else [])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-        start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
-        wait_listening(lab, port, deadline)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium(), args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1300, "height": 2400})
+        with JupyterLab(work, timeout=timeout) as lab, browser(chromium()) as b:
+            page = b.new_page(viewport={"width": 1300, "height": 2400})
             errors: list[str] = []
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto(f"http://127.0.0.1:{port}/doc/tree/dashboard.ipynb?token={token}")
+            page.goto(lab.url("doc/tree/dashboard.ipynb"))
 
             def step(what: str, js: str) -> None:
-                left = max(1.0, deadline - time.monotonic())
                 print(f"  waiting: {what}", file=sys.stderr)
-                try:
-                    page.wait_for_function(js, timeout=left * 1000)
-                except Exception:
-                    page.screenshot(path=str(out.with_suffix(".failed.png")))
-                    raise
+                wait_for(page, what, js, deadline, out)
 
-            step("JupyterLab", "!!(window.jupyterapp && window.jupyterapp.shell)")
-            step("the notebook's kernel", "(() => { const w = window.jupyterapp.shell"
-                 ".currentWidget; return !!(w && w.sessionContext && w.sessionContext"
-                 ".session && w.sessionContext.session.kernel && w.sessionContext.session"
-                 ".kernel.status === 'idle'); })()")
-            page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            step("JupyterLab", JS_APP_READY)
+            step("the notebook's kernel", JS_KERNEL_IDLE)
+            page.evaluate(JS_RUN_ALL)
             step("the run to finish", "document.body.innerText.includes('done:')")
             step("the results table", "!!document.querySelector('.jp-OutputArea table')")
             page.wait_for_timeout(1000)  # bokeh's last paint after the final stream
@@ -126,15 +87,7 @@ def dashboard_shot(out: Path, timeout: float = 120.0) -> Path:
                 print(f"  browser console error: {e}", file=sys.stderr)
             area = page.locator(".jp-Cell-outputArea").first
             area.screenshot(path=str(out))
-            browser.close()
     finally:
-        if lab.poll() is None:
-            os.kill(lab.pid, signal.SIGTERM)
-            try:
-                lab.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(lab.pid, signal.SIGKILL)
-                lab.wait()
         shutil.rmtree(work, ignore_errors=True)
     return out
 
@@ -142,9 +95,7 @@ def dashboard_shot(out: Path, timeout: float = 120.0) -> Path:
 def page_shot(html: Path, out: Path, height: int = 6000) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu",
-                        "--disable-background-networking", "--disable-component-update",
-                        "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+        subprocess.run([chromium(), "--headless", *CHROMIUM_ARGS, f"--user-data-dir={profile}",
                         "--virtual-time-budget=5000", f"--screenshot={out}",
                         f"--window-size=1400,{height}", html.resolve().as_uri()],
                        capture_output=True, timeout=120, check=True)
