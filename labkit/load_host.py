@@ -84,7 +84,7 @@ def run(cfg: LoadConfig, as_json: bool) -> int:
     """Run one load for cfg. Returns the process exit code."""
     cfg.validate()
     from labkit.counters.shm import ShmCounters
-    from labkit.native import ffi, lib  # here: --help and config errors need no build
+    from labkit.native import error_text, ffi, lib  # here: --help and config errors need no build
 
     shm_name = f"/labkit-load-{os.getpid()}-{secrets.token_hex(4)}"
     ready_r, ready_w = os.pipe()
@@ -98,10 +98,7 @@ def run(cfg: LoadConfig, as_json: bool) -> int:
         outcome["rc"] = rc
         if rc != lib.LK_OK:
             # Read the detail on this thread, right after the failure that set it.
-            outcome["error"] = (
-                f"{ffi.string(lib.lk_strerror(rc)).decode()}: "
-                f"{ffi.string(lib.lk_last_error()).decode(errors='replace')}"
-            )
+            outcome["error"] = error_text(rc)
         os.write(done_w, b"x")
 
     stop = _StopRepeater(lib)

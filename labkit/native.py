@@ -52,3 +52,14 @@ ffi = _mod.ffi
 lib = _mod.lib
 
 __all__ = ["ffi", "lib", "sanitize_requested"]
+
+
+def last_error() -> str:
+    """The detail of the most recent native failure (lk_last_error): read it on the thread
+    that just failed, before anything else can fail."""
+    return ffi.string(lib.lk_last_error()).decode(errors="replace")
+
+
+def error_text(rc: int) -> str:
+    """`<lk_strerror(rc)>: <detail>` for an lk_error code just returned."""
+    return f"{ffi.string(lib.lk_strerror(rc)).decode()}: {last_error()}"

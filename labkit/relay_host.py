@@ -113,7 +113,7 @@ def serve(cfg: RelayConfig) -> int:
         # A crash in C then leaves every thread's Python stack in the parent's stderr
         # tail. Not under ASan, whose own SEGV handler reports the C stack instead.
         faulthandler.enable(all_threads=True)
-    from labkit.native import ffi, lib  # here: --help and config errors need no build
+    from labkit.native import error_text, ffi, lib  # here: --help and config errors need no build
 
     raise_open_file_limit(cfg)
     sock = bind_listener(cfg.host, cfg.port)
@@ -136,10 +136,7 @@ def serve(cfg: RelayConfig) -> int:
         outcome["rc"] = rc
         if rc != lib.LK_OK:
             # Read the detail on this thread, right after the failure that set it.
-            outcome["error"] = (
-                f"{ffi.string(lib.lk_strerror(rc)).decode()}: "
-                f"{ffi.string(lib.lk_last_error()).decode(errors='replace')}"
-            )
+            outcome["error"] = error_text(rc)
         os.write(done_w, b"x")
 
     stop_requested = threading.Event()

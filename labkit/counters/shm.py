@@ -11,7 +11,7 @@ import time
 from functools import cache
 from typing import Any
 
-from labkit.native import ffi, lib
+from labkit.native import ffi, last_error, lib
 
 SHM_DIR = "/dev/shm"
 BUSY_RETRY_S = 0.5  # how long a snapshot waits for a writer preempted mid-publication
@@ -67,7 +67,7 @@ class ShmCounters:
     def _check(self) -> None:
         if lib.lk_counters_check(self._base, self._len) != lib.LK_OK:
             raise CounterLayoutError(
-                f"{self.name}: {ffi.string(lib.lk_last_error()).decode(errors='replace')}"
+                f"{self.name}: {last_error()}"
             )
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -92,7 +92,7 @@ class ShmCounters:
             if rc != lib.LK_OK:
                 raise CounterLayoutError(
                     f"{self.name} worker {w}: "
-                    f"{ffi.string(lib.lk_last_error()).decode(errors='replace')}"
+                    f"{last_error()}"
                 )
             row: dict[str, Any] = dict(zip(self._names, ffi.unpack(out.c, n), strict=True))
             row["ns"] = out.ns
