@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.exit(2, "labkit sandbox: give a command after --\n")
         return sandbox.main(command, args.timeout, args.results, args.mem, args.quiet)
     if args.command in cli_experiments.COMMANDS:
-        return cli_experiments.main(args)
+        return cli_experiments.main(args, argv)
     if args.command == "load":
         try:
             load_cfg = load.from_namespace(args)

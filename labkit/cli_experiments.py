@@ -9,6 +9,7 @@ handlers: `labkit relay` and `labkit load`, which start every child process, sta
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -86,6 +87,9 @@ def _add_measure_args(p: argparse.ArgumentParser, defaults: bool = True) -> None
                    help="do not store runs")
     g.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar")
+    g.add_argument("--sandbox", action="store_true",
+                   help="run inside `labkit sandbox` (a UML kernel with kTLS): for --tls ktls "
+                   "where this kernel has none; UML figures are counts, not speed")
 
 
 def _perf(value: str | None) -> str | bool:
@@ -98,8 +102,29 @@ def _store_arg(args: argparse.Namespace, default: Any = True) -> Any:
     return args.store if args.store is not None else default
 
 
-def main(args: argparse.Namespace) -> int:
+def _in_sandbox(args: argparse.Namespace, argv: list[str]) -> int:
+    """The same command inside the sandbox guest, its run files written back to the
+    host's store; the guest command's exit status is returned."""
+    from labkit import sandbox, store
+
+    inner = [sys.executable, "-m", "labkit", *(a for a in argv if a != "--sandbox")]
+    writable = [] if args.no_store else [args.store or store.default_dir()]
+    for d in writable:
+        os.makedirs(d, exist_ok=True)
+    print(f"labkit {args.command}: in the UML sandbox (one CPU, no AES-NI: its figures are "
+          "counts, not speed)", file=sys.stderr)
+    done = sandbox.run_in_sandbox(inner, writable=writable)
+    return done.returncode
+
+
+def main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     prog = f"labkit {args.command}"
+    if getattr(args, "sandbox", False):
+        try:
+            return _in_sandbox(args, list(sys.argv[1:] if argv is None else argv))
+        except (OSError, RuntimeError) as e:  # SandboxUnavailable says what to install
+            print(f"{prog}: {e}", file=sys.stderr)
+            return EXIT_BAD_CONFIG
     try:
         if args.command == "run":
             return _run(args)

@@ -66,3 +66,20 @@ def test_missing_user_mode_linux_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
                        capture_output=True, text=True, timeout=60,
                        env=dict(os.environ, LABKIT_UML="/nonexistent/linux.uml"))
     assert p.returncode == 127 and "make setup" in p.stderr
+
+
+@needs_uml
+def test_run_sandbox_does_a_real_ktls_run_and_stores_it_on_the_host(tmp_path: Path) -> None:
+    """`labkit run --tls ktls --sandbox`: the run happens in the guest (which has kTLS),
+    its run file lands in the host's store."""
+    p = subprocess.run([sys.executable, "-m", "labkit", "run", "--tls", "ktls", "--sandbox",
+                        "--duration", "1", "--warmup", "0.3", "--rate", "20", "--pairs", "2",
+                        "--perf", "off", "--no-progress", "--store", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "UML sandbox" in p.stderr
+    from labkit import store
+
+    runs = store.load(tmp_path)
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "ok"
+    assert runs.iloc[0]["tls"] == "ktls" and runs.iloc[0]["loss_pct"] < 1
