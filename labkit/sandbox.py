@@ -152,6 +152,22 @@ def _wrappers(work: Path, modroot: Path) -> Path:
     return bindir
 
 
+# The guest mounts its own tmpfs on these: host files below them are hidden there.
+GUEST_SCRATCH = ("/tmp", "/run", "/dev/shm")
+
+
+def _shadowed_host_paths(cwd: str | os.PathLike[str] | None) -> list[Path]:
+    """The checkout, the interpreter's prefix (the venv) and the working directory, where
+    they live below a directory the guest covers with its own tmpfs (a CI clone in /tmp):
+    they are mounted back at their host paths, or the guest could not run labkit."""
+    wanted = [Path(__file__).resolve().parents[1], Path(sys.prefix).resolve(),
+              Path(cwd if cwd is not None else os.getcwd()).resolve()]
+    hidden = [p for p in dict.fromkeys(wanted)
+              if any(p.is_relative_to(d) for d in GUEST_SCRATCH)]
+    # a path inside another one that is mounted already needs no mount of its own
+    return [p for p in hidden if not any(q != p and p.is_relative_to(q) for q in hidden)]
+
+
 def _init_script(argv: Sequence[str], *, cwd: str, env: Mapping[str, str], timeout: float,
                  mounts: Sequence[Path], bindir: Path, results: Path, work: Path) -> str:
     """The guest's /sbin/init: set the machine up, run the command, report, power off."""
@@ -244,7 +260,8 @@ def run_in_sandbox(
     try:
         modroot = _module_root(work)
         bindir = _wrappers(work, modroot)
-        mounts = [work, results, *(Path(w).resolve() for w in writable)]
+        mounts = [*_shadowed_host_paths(cwd), work, results,
+                  *(Path(w).resolve() for w in writable)]
         init = work / "init"
         init.write_text(_init_script(
             list(argv), cwd=os.fspath(cwd if cwd is not None else os.getcwd()),
