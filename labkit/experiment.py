@@ -505,7 +505,7 @@ def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
     control = control or RunControl()
     labels = dict(labels or {})
     run_id = run_id or _new_run_id(str(labels.get("sweep") or "run"))
-    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    started_at = datetime.now(UTC).isoformat(timespec="milliseconds")  # orders short runs
     columns = _config_columns(relay_cfg, load_cfg)
     info: dict[str, Any] = {"status": "ok", "error": None, "stderr_tail": None}
     figures: dict[str, Any] = {}
