@@ -19,7 +19,8 @@ from labkit import Relay, RelayConfig
 from labkit.counters.shm import ShmCounters, counter_names
 from labkit.load import Load, LoadConfig
 
-GAUGES = {"conns_current", "queue_depth", "pool_free"}  # up and down; queue_depth_max only up
+# up and down (pool_size is constant); queue_depth_max only goes up
+GAUGES = {"conns_current", "queue_depth", "pool_free", "pool_size"}
 IO_MODES = ["epoll", "uring"]
 
 

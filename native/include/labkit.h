@@ -90,7 +90,7 @@ void lk_relay_stop(void);
  * in another process gets consistent snapshots without asking the relay.
  */
 #define LK_SHM_MAGIC 1279476564
-#define LK_SHM_LAYOUT 3
+#define LK_SHM_LAYOUT 4
 #define LK_MAX_WORKERS 64
 #define LK_MAX_COUNTERS 96
 #define LK_HIST_BUCKETS 16
@@ -151,6 +151,8 @@ enum lk_counter {
     LK_G_QUEUE_DEPTH_MAX,
     LK_G_POOL_FREE,
     LK_C_CONNS_KTLS,           /* connections whose TLS records the kernel took over */
+    LK_G_POOL_SIZE,            /* buffers the worker's pool holds in all; an idle relay
+                                  has pool_free == pool_size, so a leak shows */
     LK_C__COUNT
 };
 

@@ -79,3 +79,5 @@ void lk_pool_put(lk_pool *p, lk_pkt *pkt)
 }
 
 uint32_t lk_pool_free_count(const lk_pool *p) { return p->small.n_free + p->large.n_free; }
+
+uint32_t lk_pool_size(const lk_pool *p) { return p->small.count + p->large.count; }

@@ -50,5 +50,6 @@ void lk_pool_destroy(lk_pool *p);
 lk_pkt *lk_pool_get(lk_pool *p, uint32_t frame_len);
 void lk_pool_put(lk_pool *p, lk_pkt *pkt);
 uint32_t lk_pool_free_count(const lk_pool *p);
+uint32_t lk_pool_size(const lk_pool *p);
 
 #endif

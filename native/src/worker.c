@@ -288,6 +288,7 @@ static void publish(lk_worker *w)
 {
     w->stats.ns = w->now;
     w->stats.c[LK_G_POOL_FREE] = lk_pool_free_count(&w->pool);
+    w->stats.c[LK_G_POOL_SIZE] = lk_pool_size(&w->pool);
     lk_counters_publish(w->shared, &w->stats);
 }
 

@@ -85,6 +85,11 @@ def reset(sock: socket.socket) -> None:
     close_quietly(raw)
 
 
+def pools_full(relay: Any) -> bool:
+    """True when every worker's packet buffers are all back in its pool."""
+    return all(w["pool_free"] == w["pool_size"] for w in relay.worker_counters())
+
+
 def counters(relay: Any, *names: str) -> dict[str, int]:
     return {n: counter(relay, n) for n in names}
 
