@@ -318,8 +318,16 @@ void lk_route_remote_event(lk_worker *w, lk_xmsg *m)
     }
     case LK_X_SEEN: {
         lk_peer *sp = lk_peers_find(&w->peers, m->key);
-        if (sp && sp->id == m->a)
+        if (sp && sp->id == m->a) {
             lk_peers_note_seen(sp, m->from, m->b, (lk_conn *)(uintptr_t)m->c);
+            break;
+        }
+        /* The source (incarnation m->a) left before this note came home: its
+         * announce_gone could not know this receiver, so the receiver gets
+         * PeerGone now, as it would have if the source had stayed a moment. */
+        lk_xmsg gone = {.kind = LK_X_GONE, .a = m->a, .b = m->b, .c = m->c};
+        memcpy(gone.key, m->key, LK_KEY_LEN);
+        lk_shard_send(w, m->from, &gone, 0);
         break;
     }
     case LK_X_GONE:
