@@ -42,6 +42,23 @@ def test_peer_gone_goes_to_earlier_receivers_only(relay: Any, connect: Any) -> N
     assert_silent(c)
 
 
+def test_peer_gone_when_the_sender_leaves_before_its_packet_lands(relay: Any,
+                                                                   connect: Any) -> None:
+    """33, raced: senders that close right after one packet, before the relay delivered
+    it. With several workers the packet may reach B's worker after the sender's worker
+    has already said goodbye to everyone it knew of; B must still get the packet and
+    then PeerGone for each sender, in that order."""
+    b = connect(relay)
+    for i in range(12):
+        sender = connect(relay)
+        sender.send(b.public_key, b"last words %d" % i)
+        sender.close()
+        got = b.recv_packet(ARRIVE)
+        assert (got.src, got.data) == (sender.public_key, b"last words %d" % i)
+        assert b.recv(ARRIVE) == derp.PeerGone(sender.public_key,
+                                               derp.PEER_GONE_DISCONNECTED), f"sender {i}"
+
+
 def test_duplicate_key_connections_coexist_last_writer_active(relay: Any, connect: Any) -> None:
     """34: A1 and A2 share a key: newest is active, a sender becomes active, closing one
     moves traffic to the other, and PeerGone only follows the last one."""
