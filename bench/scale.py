@@ -83,6 +83,20 @@ def connect(relay: Any, **kw: Any) -> derp.Client:
     return connect_to(relay, timeout=10.0, **kw)
 
 
+def settled_conns(relay: Any, expected: int, timeout: float = 2.0) -> int:
+    """The relay's conns_current once it reaches `expected`, or its value at `timeout`.
+
+    A connection passes from the acceptor to its worker through a ring, and each thread
+    publishes its gauges at most once a millisecond (and before it sleeps), so the sum
+    can lag by a connection or two right after the clients' last handshake."""
+    deadline = time.monotonic() + timeout
+    while (current := relay.counters()["conns_current"]) < expected:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    return current
+
+
 def run_scale(relay: Any, clients: int) -> ScaleResult:
     """Connect `clients` clients, check every pair both ways, report memory."""
     if clients % 2:
@@ -95,7 +109,6 @@ def run_scale(relay: Any, clients: int) -> ScaleResult:
         for _ in range(clients):
             conns.append(connect(relay))
         t1 = time.monotonic()
-        current = relay.counters()["conns_current"]
         after = rss_kib(relay.pid)  # everyone connected, nothing queued
         pairs = [(conns[i], conns[i + 1]) for i in range(0, clients, 2)]
         payloads = {}
@@ -110,6 +123,7 @@ def run_scale(relay: Any, clients: int) -> ScaleResult:
             back = a.recv_packet(10.0)
             assert (back.src, back.data) == (b.public_key, payloads[b.public_key][::-1])
         t2 = time.monotonic()
+        current = settled_conns(relay, clients)
     finally:
         for c in conns:
             c.close()
