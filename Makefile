@@ -19,8 +19,10 @@ NATIVE_SRC := $(wildcard native/include/*.h native/src/*.c native/src/*.h) labki
 LAB_PORT ?= 8888
 START_NOTEBOOK := notebooks/00-start-here.ipynb
 
+# clang alone lacks the compiler-rt archives libFuzzer and ASan link against: libclang-rt-dev.
 APT_PACKAGES := build-essential pkg-config python3 python3-venv python3-dev liburing-dev \
-	libssl-dev libsodium-dev libffi-dev clang procps iproute2 user-mode-linux kmod
+	libssl-dev libsodium-dev libffi-dev clang libclang-rt-dev procps iproute2 \
+	user-mode-linux kmod
 # Installed when the distribution offers them; commas separate alternatives. perf is
 # linux-perf on Debian and linux-tools-generic on Ubuntu; Ubuntu ships chromium as a snap
 # rather than a deb, so there the browser tests need a chromium from elsewhere.
