@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from labkit import Relay, RelayConfig, RelayCrashed, caps, derp, sandbox
+from labkit import Relay, RelayConfig, RelayCrashed, caps, derp, sandbox, tlscert
 from labkit.load import Load, LoadConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -280,6 +282,79 @@ def test_ktls_load_generator_against_relay(relay_tls: str) -> None:
         assert after["TlsTxSw"] - before["TlsTxSw"] == 2 * pairs + relay_side + 1
         assert after["TlsRxSw"] - before["TlsRxSw"] == 2 * pairs + relay_side + 1
         assert after["TlsDecryptError"] == before["TlsDecryptError"]
+
+
+class TicketingTlsFront:
+    """A TLS 1.3 front for a plain relay on Python's ssl (OpenSSL), which sends two
+    session tickets after each handshake, as Go's derper (crypto/tls) does: records a
+    kTLS client meets after its keys moved to the kernel. One thread per connection
+    moves bytes both ways; stopped (and its threads ended) by close()."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.cert_file, key_file = tlscert.self_signed()
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        self.ctx.load_cert_chain(self.cert_file, key_file)
+        self.ctx.num_tickets = 2
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.1)
+        while not self.stopping.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            t = threading.Thread(target=self._pump, args=(sock,), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _pump(self, sock: socket.socket) -> None:
+        with self.ctx.wrap_socket(sock, server_side=True) as front, \
+                socket.create_connection((self.relay.host, self.relay.port)) as back:
+            while not self.stopping.is_set():
+                ready, _, _ = select.select([front, back], [], [], 0.1)
+                if front in ready or front.pending():
+                    try:
+                        data = front.recv(65536)
+                    except ssl.SSLWantReadError:
+                        data = None
+                    if data == b"":
+                        return
+                    if data:
+                        back.sendall(data)
+                if back in ready:
+                    data = back.recv(65536)
+                    if not data:
+                        return
+                    front.sendall(data)
+
+    def close(self) -> None:
+        self.stopping.set()
+        for t in self.threads:
+            t.join(5)
+        self.listener.close()
+
+
+@needs_ktls
+def test_ktls_load_generator_takes_session_tickets_after_the_switch() -> None:
+    """A server that sends TLS 1.3 session tickets (Go's derper does; labkit's relay does
+    not): they arrive after the load generator gave its keys to the kernel, as records
+    that are not application data. The generator takes them and goes on, no loss."""
+    with Relay(RelayConfig(tls="off")) as relay:
+        front = TicketingTlsFront(relay)
+        try:
+            cfg = LoadConfig(port=front.port, tls="ktls", ca_file=str(front.cert_file),
+                             pairs=2, size=1200, rate_mbps=20, duration=1, warmup=0.2)
+            r = Load(cfg).run()
+        finally:
+            front.close()
+        assert r.sent > 0 and r.received == r.sent and r.lost == 0
 
 
 # ---- host without kTLS: run the above, and the conformance suite, in the sandbox ----------

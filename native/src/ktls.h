@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 struct ssl_st;  /* OpenSSL's SSL */
 
@@ -51,5 +52,20 @@ int lk_ktls_probe(void);
  * scratch is any buffer of cap bytes.  The number of recv calls, or -1
  * (errno set). */
 int lk_ktls_consume(int fd, size_t n, uint8_t *scratch, size_t cap);
+
+/* TLS record content types (RFC 8446 5.1) a kTLS receive can report. */
+enum { LK_TLS_ALERT = 21, LK_TLS_HANDSHAKE = 22, LK_TLS_APPLICATION_DATA = 23 };
+
+/* recv() on a kTLS socket that also says which record type the bytes came from
+ * (cmsg TLS_GET_RECORD_TYPE).  Plain recv() fails with EIO at a record that is not
+ * application data; with this the kernel hands such a record over on its own (a
+ * peer's post-handshake NewSessionTicket, an alert).  Returns as recv() does. */
+ssize_t lk_ktls_recv(int fd, void *buf, size_t cap, int flags, uint8_t *record_type);
+
+/* What to do with a non-application record lk_ktls_recv returned: 0 to drop it
+ * (NewSessionTicket messages only: a client keeps no sessions), -1 with the reason
+ * in `why` (an alert, KeyUpdate or anything else this kTLS path cannot follow). */
+int lk_ktls_other_record(uint8_t record_type, const uint8_t *data, size_t n, char *why,
+                         size_t cap);
 
 #endif

@@ -90,6 +90,7 @@ typedef struct lk_load_conn {
     uint32_t tx_off, tx_len, tx_cap;
     struct lk_load_tls *tls;      /* NULL when plain, or once the kernel holds the keys */
     uint8_t ktls_peek;            /* kTLS handshake: recv with MSG_PEEK (see load_client.c) */
+    uint8_t ktls;                 /* the kernel holds the keys: recv reports record types */
 
     /* sender: sequence and pacing (token bucket in packets) */
     uint64_t seq;

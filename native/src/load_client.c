@@ -473,6 +473,7 @@ static int ktls_handshake(lk_load_conn *c, const uint8_t *data, size_t n)
     lk_load_tls_free(c->tls);  /* from here the socket carries plaintext */
     c->tls = NULL;
     c->ktls_peek = 0;
+    c->ktls = 1;
     return send_upgrade(c);
 }
 
@@ -515,7 +516,9 @@ int lk_lc_readable(lk_load_conn *c, size_t limit)
     if (limit > LK_LOAD_RBUF)
         limit = LK_LOAD_RBUF;
     LK_LCOUNT(t, SYS_READ);
-    ssize_t r = recv(c->fd, t->rbuf, limit, c->ktls_peek ? MSG_PEEK : 0);
+    uint8_t record_type = LK_TLS_APPLICATION_DATA;
+    ssize_t r = c->ktls ? lk_ktls_recv(c->fd, t->rbuf, limit, 0, &record_type)
+                        : recv(c->fd, t->rbuf, limit, c->ktls_peek ? MSG_PEEK : 0);
     if (r == 0) {
         lk_lc_close(c, "the relay closed the connection (%s)", state_text(c->state));
         return -1;
@@ -530,6 +533,13 @@ int lk_lc_readable(lk_load_conn *c, size_t limit)
     t->now = lk_now_ns();
     if (!c->ktls_peek)  /* peeked bytes count when ktls_handshake() takes them */
         LK_LCOUNT_N(t, BYTES_IN, (uint64_t)r);
+    if (record_type != LK_TLS_APPLICATION_DATA) {
+        char why[160];
+        if (lk_ktls_other_record(record_type, t->rbuf, (size_t)r, why, sizeof why) == 0)
+            return 0;  /* a session ticket (Go's and OpenSSL's servers send them) */
+        lk_lc_close(c, "kTLS: %s (%s)", why, state_text(c->state));
+        return -1;
+    }
     int rc = c->tls ? feed_tls(c, t->rbuf, (size_t)r) : feed(c, t->rbuf, (size_t)r);
     if (rc != 0) {
         kill_conn(c);

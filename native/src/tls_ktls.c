@@ -250,6 +250,58 @@ int lk_ktls_consume(int fd, size_t n, uint8_t *scratch, size_t cap)
     return calls;
 }
 
+ssize_t lk_ktls_recv(int fd, void *buf, size_t cap, int flags, uint8_t *record_type)
+{
+    char control[CMSG_SPACE(sizeof(uint8_t))];
+    struct iovec iov = {.iov_base = buf, .iov_len = cap};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
+                         .msg_controllen = sizeof control};
+    ssize_t r = recvmsg(fd, &msg, flags);
+    *record_type = LK_TLS_APPLICATION_DATA;
+    if (r < 0)
+        return r;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+        if (c->cmsg_level == SOL_TLS && c->cmsg_type == TLS_GET_RECORD_TYPE)
+            *record_type = *CMSG_DATA(c);
+    return r;
+}
+
+int lk_ktls_other_record(uint8_t record_type, const uint8_t *data, size_t n, char *why,
+                         size_t cap)
+{
+    enum { NEW_SESSION_TICKET = 4, KEY_UPDATE = 24 };
+    if (record_type == LK_TLS_ALERT) {
+        if (n >= 2 && data[1] == 0)
+            snprintf(why, cap, "the peer ended TLS (close_notify)");
+        else
+            snprintf(why, cap, "TLS alert from the peer: level %d, description %d",
+                     n >= 1 ? data[0] : -1, n >= 2 ? data[1] : -1);
+        return -1;
+    }
+    if (record_type != LK_TLS_HANDSHAKE) {
+        snprintf(why, cap, "a TLS record of content type %u after the handshake", record_type);
+        return -1;
+    }
+    /* The kernel returns one record per call: walk its handshake messages (a record
+     * cut short by a small buffer ends the walk; its first message was seen) */
+    for (size_t at = 0; at < n;) {
+        if (data[at] == KEY_UPDATE) {
+            snprintf(why, cap, "the peer sent a TLS KeyUpdate, which this kTLS path does not "
+                               "follow: use tls=user against this peer");
+            return -1;
+        }
+        if (data[at] != NEW_SESSION_TICKET) {
+            snprintf(why, cap, "unexpected TLS handshake message %u after the handshake",
+                     data[at]);
+            return -1;
+        }
+        if (n - at < 4)
+            break;
+        at += 4 + ((size_t)data[at + 1] << 16 | (size_t)data[at + 2] << 8 | data[at + 3]);
+    }
+    return 0;
+}
+
 /* A connected loopback TCP pair: the ULP attaches only to established sockets. */
 static int loopback_pair(int fds[2], char *why, size_t cap)
 {
