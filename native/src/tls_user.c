@@ -4,7 +4,6 @@
 #include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "common.h"
 #include "tls.h"
