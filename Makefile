@@ -1,8 +1,10 @@
 # labkit — `make lab` opens the lab, `make test` runs every check. Both run `setup` first.
 #
 # setup: system packages (apt, only what is missing), .venv from the system python3,
-# `pip install -e .[test]`, and both native modules (release + sanitizer). Stamp files in
-# build/stamps/ make a second run take a moment; editing native/ rebuilds the modules.
+# `pip install -e .[test]`, both native modules (release + sanitizer), and the sandbox's
+# guest kernel (built once from Debian's kernel source, cached in ~/.cache/labkit). Stamp
+# files in build/stamps/ make a second run take a moment; editing native/ rebuilds the
+# modules.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -20,9 +22,11 @@ LAB_PORT ?= 8888
 START_NOTEBOOK := notebooks/00-start-here.ipynb
 
 # clang alone lacks the compiler-rt archives libFuzzer and ASan link against: libclang-rt-dev.
+# The guest kernel's build needs flex, bison, bc and xz; its source comes from the Debian
+# archive, whose signatures apt checks with debian-archive-keyring (on Ubuntu too).
 APT_PACKAGES := build-essential pkg-config python3 python3-venv python3-dev liburing-dev \
-	libssl-dev libsodium-dev libffi-dev clang libclang-rt-dev procps iproute2 \
-	user-mode-linux kmod
+	libssl-dev libsodium-dev libffi-dev clang libclang-rt-dev procps iproute2 kmod \
+	flex bison bc xz-utils debian-archive-keyring
 # Installed when the distribution offers them; commas separate alternatives. perf is
 # linux-perf on Debian and linux-tools-generic on Ubuntu; Ubuntu ships chromium as a snap
 # rather than a deb, so there the browser tests need a chromium from elsewhere.
@@ -37,9 +41,10 @@ APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -q -y
 SANITIZE_TESTS ?= tests/conformance tests/adversarial $(wildcard tests/test_*pars*.py)
 SANITIZE_MODES ?= epoll-off-w1,epoll-user-w2,uring-off-w4,uring-user-w1,uring-nopbuf
 
-.PHONY: setup lab test clean fuzz
+.PHONY: setup lab test clean fuzz guest-kernel
 
-setup: $(STAMPS)/apt $(STAMPS)/venv build/native-release/build.json build/native-asan/build.json
+setup: $(STAMPS)/apt $(STAMPS)/venv build/native-release/build.json build/native-asan/build.json \
+	guest-kernel
 
 $(STAMPS)/apt: Makefile
 	@installed() { [ "$$(dpkg-query -W -f='$${Status}' "$$1" 2>/dev/null)" = "install ok installed" ]; }; \
@@ -84,7 +89,18 @@ build/native-release/build.json: $(STAMPS)/venv $(NATIVE_SRC)
 build/native-asan/build.json: $(STAMPS)/venv $(NATIVE_SRC)
 	$(PY) -m labkit.build --sanitize
 
+# The sandbox's guest kernel (labkit/hosts/guest_kernel.py): a no-op once it is cached.
+guest-kernel: $(STAMPS)/venv
+	@$(PY) -m labkit.hosts.guest_kernel ensure
+
+# The port is checked before a token URL is printed: a second `make lab` would otherwise
+# print a URL that works against nothing, then fail on the port.
 lab: setup
+	@$(PY) -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, \
+	  socket.SO_REUSEADDR, 1); sys.exit(s.connect_ex(("127.0.0.1", $(LAB_PORT))) == 0)' || { \
+	  echo "labkit lab: port $(LAB_PORT) on 127.0.0.1 is already in use (another \`make lab\`?):" \
+	    "open the URL that one printed, stop it with Ctrl-C, or use \`make lab LAB_PORT=8890\`" >&2; \
+	  exit 2; }
 	@token=$$($(PY) -c 'import secrets; print(secrets.token_hex(24))'); \
 	url="http://127.0.0.1:$(LAB_PORT)/lab/tree/$(START_NOTEBOOK)?token=$$token"; \
 	printf '\n  labkit lab: open this URL in your browser (Ctrl-C here stops the lab)\n'; \

@@ -45,7 +45,7 @@ PROFILES = {"epoll": RelayConfig(io="epoll"), "io_uring": RelayConfig(io="uring"
 def ablation(repeats: int) -> None:
     s = experiment.sweep(ABLATION, repeats=repeats, duration=2.0, warmup=0.5,
                          load=LoadConfig(pairs=4, size=1400, rate_mbps=2000),
-                         store=HERE / "runs", name="ablation")
+                         store=HERE / "runs", name="ablation", recording=True)
     print(s)
 
 

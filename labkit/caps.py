@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from labkit import sandbox
+from labkit.hosts import guest_kernel, sandbox
 
 # Linux ABI numbers the stdlib does not name (uapi headers): the same on every arch
 # that uses the generic syscall table, which includes x86_64 for these new calls.
@@ -230,7 +230,7 @@ def check_ktls() -> Capability:
         todo = "sudo modprobe tls, then run again"
     else:
         todo = "this kernel cannot do kTLS: run kTLS experiments in `labkit sandbox -- ...` " \
-               "(a UML kernel with tls.ko), or boot a kernel with CONFIG_TLS"
+               "(a UML guest kernel with kTLS), or boot a kernel with CONFIG_TLS"
     return Capability("ktls", False, f"{why}; {module}; {ossl}", todo)
 
 
@@ -301,29 +301,49 @@ def check_kernel() -> Capability:
     return Capability("kernel", True, f"Linux {u.release} {u.machine}")
 
 
-def check_sandbox() -> Capability:
+def check_sandbox(fresh: bool = False) -> Capability:
+    """The sandbox from a real boot of its guest kernel (cached per guest and host kernel;
+    fresh=True boots again)."""
     if os.environ.get("LABKIT_SANDBOX") == "1":
         return Capability("sandbox", None, "this is the sandbox (a UML guest): no nesting")
-    ok, why = sandbox.available()
-    if ok:
-        return Capability("sandbox", True, f"UML guest available: {why}")
-    return Capability("sandbox", False, why,
-                      "apt-get install user-mode-linux kmod (`make setup` does)")
+    ok, what = sandbox.available()
+    if not ok:
+        return Capability("sandbox", False, what, sandbox.INSTALL_HINT)
+    check = sandbox.boot_check(fresh=fresh)
+    when = "checked " + check.checked.replace("T", " ")[:16] + (" UTC, cached" if check.cached
+                                                              else " UTC, just now")
+    if check.ok:
+        return Capability("sandbox", True, f"{what}: {check.detail} ({when}); why this kernel: "
+                          f"{guest_kernel.WHY_THIS_LINE}")
+    if "errno = 14" in check.console_line and "fp regs" in check.console_line:
+        todo = ("this guest kernel cannot hand this CPU's register state to the host (its "
+                "XSAVE area is larger than the kernel expects, as with AVX-512 and AMX): use "
+                "labkit's own guest kernel (unset LABKIT_UML; `make setup` builds Linux "
+                f"{guest_kernel.LINE}). Meanwhile kTLS notebooks show recorded runs")
+    else:
+        todo = ("boot it by hand to see the whole console: `labkit sandbox -- uname -a`; "
+                "rebuild it with `make setup`; `labkit doctor --fresh` checks again. "
+                "Meanwhile kTLS notebooks show recorded runs")
+    return Capability("sandbox", False, f"{what}: {check.detail} ({when})", todo)
 
 
 CHECKS = (check_kernel, check_cpus, check_io_uring, check_ktls, check_perf, check_pyspy,
           check_sandbox)
 
 
-def probe() -> Caps:
-    """Run every check (about a second, mostly perf)."""
-    return Caps([check() for check in CHECKS])
+def probe(fresh: bool = False) -> Caps:
+    """Run every check (about a second, mostly perf; the sandbox's first boot adds one).
+    fresh=True repeats checks that are cached across processes (the sandbox boot)."""
+    return Caps([check_sandbox(fresh) if check is check_sandbox else check()
+                 for check in CHECKS])
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`labkit doctor`: print the table (or JSON); exit 0 whatever is missing."""
-    as_json = "--json" in (argv if argv is not None else sys.argv[1:])
-    caps = probe()
+    """`labkit doctor [--json] [--fresh]`: print the table (or JSON); exit 0 whatever is
+    missing."""
+    args = argv if argv is not None else sys.argv[1:]
+    as_json = "--json" in args
+    caps = probe(fresh="--fresh" in args)
     print(json.dumps(caps.to_dict(), indent=2) if as_json else caps.table())
     return 0
 

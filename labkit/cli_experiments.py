@@ -13,11 +13,11 @@ import os
 import sys
 from typing import Any
 
+from labkit.cli_args import EXIT_BAD_CONFIG, Parser
 from labkit.config import IO_MODES, SWITCHES, TLS_MODES, ConfigError
 
 COMMANDS = ("run", "sweep", "report")
 EXIT_FAILED_RUN = 1
-EXIT_BAD_CONFIG = 2
 _SUMMARY = (("mbps", "Mbit/s delivered", ".1f"), ("loss_pct", "% loss", ".2f"),
             ("syscalls_per_packet", "syscalls/packet (relay count)", ".3f"),
             ("perf_syscalls_per_packet", "syscalls/packet (perf)", ".3f"),
@@ -29,39 +29,47 @@ _SUMMARY = (("mbps", "Mbit/s delivered", ".1f"), ("loss_pct", "% loss", ".2f"),
 
 def add_commands(sub: Any) -> None:
     """Register run, sweep and report on the `labkit` sub-parser."""
+    from labkit.load import add_load_arguments
+
     run = sub.add_parser("run", help="one measured run: relay + load + sampler, stored",
                          description="Start a relay and a load generator (own processes, "
                          "pinned to different CPUs where possible), measure a window after "
                          "a warm-up, print the derived figures and store the run.")
     g = run.add_argument_group("relay")
-    g.add_argument("--io", default="epoll", help=f"one of {', '.join(IO_MODES)}")
-    g.add_argument("--tls", default="off", help=f"one of {', '.join(TLS_MODES)}")
-    g.add_argument("--workers", type=int, default=1)
+    g.add_argument("--io", default="epoll", choices=IO_MODES, help="event loop")
+    g.add_argument("--tls", default="off", choices=TLS_MODES, help="TLS on the relay")
+    g.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="relay worker threads (shard per core)")
     for s in SWITCHES:
         g.add_argument(f"--{s.replace('_', '-')}", dest=s, default=None,
                        action=argparse.BooleanOptionalAction,
-                       help="default: the io mode's own default")
+                       help="an optimisation switch (default: the io mode's own default)")
     g = run.add_argument_group("load")
-    g.add_argument("--pairs", type=int, default=4)
-    g.add_argument("--size", type=int, default=1400, metavar="BYTES")
-    g.add_argument("--rate", default="unpaced", metavar="MBPS|unpaced")
-    g.add_argument("--threads", type=int, default=1)
+    add_load_arguments(g)
     _add_measure_args(run)
-    run.add_argument("--duration", type=float, default=2.0, metavar="S")
-    run.add_argument("--warmup", type=float, default=0.5, metavar="S")
+    run.add_argument("--duration", type=float, default=2.0, metavar="S",
+                     help="measured window, seconds")
+    run.add_argument("--warmup", type=float, default=0.5, metavar="S",
+                     help="seconds of load before the window, not measured")
     run.add_argument("--json", action="store_true", help="print the summary row as JSON")
+    run.set_defaults(_field_flags={"rate_mbps": "--rate"})
 
     sweep = sub.add_parser("sweep", help="a grid of runs with interleaved repeats",
                            description="Run the grid of a TOML sweep file (see bench/*.toml) "
                            "with interleaved repeats, store every run, print statistics "
                            "(mean, 95%% CI) and Welch's t-test between the compared modes. "
-                           "Points already stored are skipped (resume).")
+                           "Points this machine already stored are skipped (resume).")
     sweep.add_argument("config", metavar="CONFIG.toml")
-    sweep.add_argument("--repeats", type=int, default=None, help="override the file's")
-    sweep.add_argument("--name", default=None, help="sweep name (resume key); override")
+    sweep.add_argument("--repeats", type=int, default=None, metavar="N",
+                       help="override the file's repeats")
+    sweep.add_argument("--name", default=None, help="sweep name (the resume key); overrides "
+                       "the file's")
     sweep.add_argument("--no-resume", dest="resume", action="store_false",
                        help="run every point even if stored")
     sweep.add_argument("--report", metavar="HTML", help="also write a report of the sweep")
+    sweep.add_argument("--record", action="store_true",
+                       help="maintainers: store the runs as RECORDED reference runs in "
+                       "data/runs (the notebooks' fallback); implies --no-resume")
     _add_measure_args(sweep, defaults=False)
 
     report = sub.add_parser("report", help="one self-contained HTML page of stored runs",
@@ -74,15 +82,18 @@ def add_commands(sub: Any) -> None:
 
 
 def _add_measure_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    from labkit import store
+
     g = p.add_argument_group("measurement")
-    g.add_argument("--hz", type=float, default=10.0 if defaults else None,
-                   help="sampler ticks per second")
+    g.add_argument("--hz", type=float, default=10.0 if defaults else None, metavar="HZ",
+                   help="sampler ticks per second" + ("" if defaults else
+                                                      " (default: the file's, else 10)"))
     g.add_argument("--perf", choices=("auto", "on", "off"), default="auto" if defaults else None,
                    help="perf syscall counts: auto (when available), on (required), off")
     g.add_argument("--no-pin", dest="pin", action="store_false", default=None,
                    help="do not pin relay and load to different CPUs")
     g.add_argument("--store", metavar="DIR", default=None,
-                   help="where run files go (default data/runs)")
+                   help=f"where run files go (default: {store.default_dir()}, or $LABKIT_RUNS)")
     g.add_argument("--no-store", dest="no_store", action="store_true",
                    help="do not store runs")
     g.add_argument("--no-progress", dest="progress", action="store_false",
@@ -105,7 +116,8 @@ def _store_arg(args: argparse.Namespace, default: Any = True) -> Any:
 def _in_sandbox(args: argparse.Namespace, argv: list[str]) -> int:
     """The same command inside the sandbox guest, its run files written back to the
     host's store; the guest command's exit status is returned."""
-    from labkit import sandbox, store
+    from labkit import store
+    from labkit.hosts import sandbox
 
     inner = [sys.executable, "-m", "labkit", *(a for a in argv if a != "--sandbox")]
     writable = [] if args.no_store else [args.store or store.default_dir()]
@@ -117,7 +129,8 @@ def _in_sandbox(args: argparse.Namespace, argv: list[str]) -> int:
     return done.returncode
 
 
-def main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+def main(args: argparse.Namespace, parser: Parser, argv: list[str] | None = None) -> int:
+    """Run one of COMMANDS; `parser` is its sub-parser (its flags name the problems)."""
     prog = f"labkit {args.command}"
     if getattr(args, "sandbox", False):
         try:
@@ -132,8 +145,7 @@ def main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             return _sweep(args)
         return _report(args)
     except ConfigError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+        parser.exit_bad_config(e)
     except OSError as e:  # StoreError and unreadable inputs: the message says what to do
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -146,26 +158,33 @@ def _run(args: argparse.Namespace) -> int:
 
     from labkit import experiment
     from labkit.config import RelayConfig
-    from labkit.load import LoadConfig, _parse_rate
+    from labkit.load import LoadConfig
 
     relay = RelayConfig(io=args.io, tls=args.tls, workers=args.workers,
                         **{s: getattr(args, s) for s in SWITCHES})
-    load = LoadConfig(pairs=args.pairs, size=args.size, rate_mbps=_parse_rate(args.rate),
-                      threads=args.threads)
-    total = args.warmup + args.duration
-    bar = tqdm(total=round(total, 1), desc=f"{args.io}", unit="s", disable=not args.progress,
-               bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s {postfix}")
+    load = LoadConfig(pairs=args.pairs, size=args.size, rate_mbps=args.rate,
+                      threads=args.threads, duration=args.duration, warmup=args.warmup)
+    store = _store_arg(args)
+    # everything is checked before the progress bar exists: a bad flag prints one line
+    experiment.check_run(relay, load, hz=args.hz, store=store)
+    bar: Any = None
 
     def tick(row: dict[str, float]) -> None:
+        nonlocal bar
+        if bar is None:  # the run has started
+            bar = tqdm(total=round(args.warmup + args.duration, 1), desc=args.io, unit="s",
+                       disable=not args.progress,
+                       bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s {postfix}")
         bar.n = min(round(row["t"], 1), bar.total)
         bar.set_postfix_str(f"{row['mbps']:.0f} Mbit/s", refresh=True)
 
     try:
-        result = experiment.run(relay, load, duration=args.duration, warmup=args.warmup,
-                                hz=args.hz, perf=_perf(args.perf), pin=args.pin is not False,
-                                live=tick, store=_store_arg(args), check=False)
+        result = experiment.run(relay, load, hz=args.hz, perf=_perf(args.perf),
+                                pin=args.pin is not False, live=tick, store=store,
+                                check=False)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     s = result.summary
     if args.json:
         print(json.dumps({k: _jsonable(v) for k, v in s.items()}))
@@ -204,7 +223,12 @@ def _sweep(args: argparse.Namespace) -> int:
         kw["perf"] = _perf(args.perf)
     if args.pin is not None:
         kw["pin"] = args.pin
-    kw["store"] = _store_arg(args, kw.get("store", True))
+    if args.record:
+        from labkit import store
+
+        kw["store"], kw["recording"], args.resume = store.RECORDED_DIR, True, False
+    else:
+        kw["store"] = _store_arg(args, kw.get("store", True))
     result = experiment.sweep(**kw, resume=args.resume, progress=args.progress)
     print(result)
     if not result.stats.empty:

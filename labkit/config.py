@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from labkit import keys
 from labkit.cstrings import c_string
+from labkit.problems import ConfigError, Problem, raise_if
 
 IO_MODES = ("epoll", "uring")
 TLS_MODES = ("off", "user", "ktls")
@@ -47,10 +48,6 @@ _POOL_LIMITS = {
     "max_conns": (1, 1 << 20),
     "pool_packets": (64, 2**32 - 1),
 }
-
-
-class ConfigError(ValueError):
-    """A configuration the relay cannot run; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -105,61 +102,69 @@ class RelayConfig:
 
     def validate(self) -> "RelayConfig":
         """Raise ConfigError listing every problem and its fix; return self when valid."""
-        problems = self._problems()
-        if problems:
-            raise ConfigError("invalid relay config:\n  - " + "\n  - ".join(problems))
+        raise_if(self._problems(), "relay config")
         return self
 
-    def _problems(self) -> list[str]:
-        p: list[str] = []
+    def _problems(self) -> list[Problem]:
+        p: list[Problem] = []
         for name, choices in (("io", IO_MODES), ("tls", TLS_MODES), ("assign", ASSIGN_MODES)):
             if getattr(self, name) not in choices:
-                p.append(f"{name}={getattr(self, name)!r} is not known: choose one of "
-                         + ", ".join(repr(c) for c in choices))
+                p.append(Problem(name, getattr(self, name), "is not known",
+                                 "choose one of " + ", ".join(repr(c) for c in choices),
+                                 cli_fix="choose one of " + ", ".join(choices)))
         if self.host != "localhost":
             try:
                 ipaddress.ip_address(self.host)
             except ValueError:
-                p.append(f"host={self.host!r} is not an IP address: use 127.0.0.1 (this "
-                         "machine only) or another address of this machine")
+                p.append(Problem("host", self.host, "is not an IP address",
+                                 "use 127.0.0.1 (this machine only) or another address of "
+                                 "this machine"))
         if not _is_int(self.port) or not 0 <= self.port <= 65535:
-            p.append(f"port={self.port!r} must be an integer 0..65535 (0 = any free port)")
+            p.append(Problem("port", self.port, "must be an integer 0..65535 (0 = any free "
+                             "port)"))
         if not _is_int(self.workers) or not 1 <= self.workers <= MAX_WORKERS:
-            p.append(f"workers={self.workers!r} must be an integer 1..{MAX_WORKERS}")
+            p.append(Problem("workers", self.workers, f"must be an integer 1..{MAX_WORKERS}"))
         for s in SWITCHES:
             value = getattr(self, s)
             if value is not None and not isinstance(value, bool):
-                p.append(f"{s}={value!r} must be True, False or None (the io mode's default)")
+                p.append(Problem(s, value, "must be True, False or None (the io mode's "
+                                 "default)"))
             elif value is True and s in URING_ONLY and self.io == "epoll":
-                p.append(f"{s}=True applies to io_uring only: set io='uring' or leave {s} unset")
+                p.append(Problem(s, value, "applies to io_uring only",
+                                 f"set {{io=uring}} or leave {{{s}}} unset",
+                                 cli_fix=f"add --io uring or drop --{s.replace('_', '-')}"))
         if not isinstance(self.pin_cpus, bool):
-            p.append(f"pin_cpus={self.pin_cpus!r} must be True or False")
+            p.append(Problem("pin_cpus", self.pin_cpus, "must be True or False"))
         p += self._tls_problems()
         p += self._key_problems()
-        for name, minimum in (("handshake_timeout", 0.0), ("keepalive", 0.0)):
+        for name in ("handshake_timeout", "keepalive"):
             value = getattr(self, name)
-            if not _is_number(value) or not minimum < value <= _MAX_SECONDS:
-                p.append(f"{name}={value!r} must be seconds > 0 (default "
-                         f"{_default(name)})")
+            if not _is_number(value) or not 0.0 < value <= _MAX_SECONDS:
+                p.append(Problem(name, value, f"must be seconds > 0 (default "
+                                 f"{_default(name)})"))
         if not _is_number(self.write_timeout) or not 0 <= self.write_timeout <= _MAX_SECONDS:
-            p.append(f"write_timeout={self.write_timeout!r} must be seconds >= 0 "
-                     "(0 = no write deadline)")
+            p.append(Problem("write_timeout", self.write_timeout,
+                             "must be seconds >= 0 (0 = no write deadline)"))
         for name, (low, high) in _POOL_LIMITS.items():
             value = getattr(self, name)
             if not _is_int(value) or not low <= value <= high:
-                p.append(f"{name}={value!r} must be an integer {low}..{high} (default "
-                         f"{_default(name)})")
+                p.append(Problem(name, value, f"must be an integer {low}..{high} (default "
+                                 f"{_default(name)})"))
         return p
 
-    def _tls_problems(self) -> list[str]:
+    def _tls_problems(self) -> list[Problem]:
         given = [n for n in ("cert_file", "key_file") if getattr(self, n) is not None]
         if not given:
             return []
         if self.tls == "off":
-            return [f"{' and '.join(given)} only apply with TLS: set tls='user' or drop them"]
+            names = " and ".join(f"{{{g}}}" for g in given)
+            return [Problem(given[0], getattr(self, given[0]),
+                            f"{names} only apply with TLS", "set {tls=user} or drop them",
+                            form="")]
         if len(given) == 1:
-            return ["give both cert_file and key_file, or neither (then a self-signed pair "
-                    "is made)"]
+            return [Problem(given[0], getattr(self, given[0]),
+                            "give both {cert_file} and {key_file}, or neither (then a "
+                            "self-signed pair is made)", form="")]
         p = []
         for name in ("cert_file", "key_file"):
             path = getattr(self, name)
@@ -167,37 +172,48 @@ class RelayConfig:
                 with open(path, "rb") as f:
                     head = f.read(1 << 16)
             except OSError as e:
-                p.append(f"{name} {path!r} cannot be read ({e.strerror}): fix the path or its "
-                         "permissions, or leave cert_file/key_file unset for a self-signed pair")
+                p.append(Problem(name, path, f"cannot be read ({e.strerror})",
+                                 "fix the path or its permissions, or leave {cert_file} and "
+                                 "{key_file} unset for a self-signed pair", form=" "))
                 continue
             if b"-----BEGIN " not in head:
-                p.append(f"{name} {path!r} is not PEM (no '-----BEGIN' line): convert it with "
-                         "openssl, or leave cert_file/key_file unset")
+                p.append(Problem(name, path, "is not PEM (no '-----BEGIN' line)",
+                                 "convert it with openssl, or leave {cert_file} and "
+                                 "{key_file} unset", form=" "))
         return p
 
-    def _key_problems(self) -> list[str]:
+    def _key_problems(self) -> list[Problem]:
         p = []
         if self.key_file_relay is not None and self.private_key is not None:
-            p.append("give key_file_relay or private_key, not both")
+            p.append(Problem("private_key", "<redacted>",
+                             "give {key_file_relay} or {private_key}, not both", form=""))
         if self.private_key is not None:
             try:
                 keys.parse_hex_key(str(self.private_key), "private_key")
             except keys.KeyFormatError as e:
-                p.append(f"{e}: generate one with `openssl rand -hex 32`, or leave it unset")
+                p.append(Problem("private_key", "<redacted>", str(e),
+                                 "generate one with `openssl rand -hex 32`, or leave it unset",
+                                 form=""))
         if self.key_file_relay is not None:
             try:
                 keys.load_private_key(self.key_file_relay)
             except OSError as e:
-                p.append(f"key_file_relay {self.key_file_relay!r} cannot be read ({e.strerror})")
+                p.append(Problem("key_file_relay", self.key_file_relay,
+                                 f"cannot be read ({e.strerror})", form=" "))
             except keys.KeyFormatError as e:
-                p.append(f"key_file_relay: {e} (or a derper JSON config with PrivateKey)")
+                p.append(Problem("key_file_relay", self.key_file_relay,
+                                 f"{{key_file_relay}}: {e} (or a derper JSON config with "
+                                 "PrivateKey)", form=""))
         if self.mesh_key_file is not None:
             try:
                 keys.load_mesh_key(self.mesh_key_file)
             except OSError as e:
-                p.append(f"mesh_key_file {self.mesh_key_file!r} cannot be read ({e.strerror})")
+                p.append(Problem("mesh_key_file", self.mesh_key_file,
+                                 f"cannot be read ({e.strerror})", form=" "))
             except keys.KeyFormatError as e:
-                p.append(f"mesh_key_file: {e}: write one with `openssl rand -hex 32 > FILE`")
+                p.append(Problem("mesh_key_file", self.mesh_key_file,
+                                 f"{{mesh_key_file}}: {e}",
+                                 "write one with `openssl rand -hex 32 > FILE`", form=""))
         return p
 
     # ---- serialisation ----------------------------------------------------------

@@ -62,6 +62,7 @@ from scipy import stats as sps
 from labkit import store as _store
 from labkit.config import SWITCHES, ConfigError, RelayConfig
 from labkit.load import Load, LoadConfig, LoadError, LoadResult
+from labkit.problems import Problem, raise_if
 from labkit.relay import Relay, RelayError
 
 # The per-tick keys of the Sampler contract (labkit.counters.sampler).
@@ -404,6 +405,23 @@ def _validate_load_template(cfg: LoadConfig) -> LoadConfig:
     return cfg
 
 
+def check_run(relay: RelayConfig, load: LoadConfig, *, hz: float = 10.0,
+              store: bool | str | os.PathLike[str] = False) -> None:
+    """Everything run() checks before it starts anything: ConfigError for the configs and
+    hz, StoreError for a store it may not write to."""
+    problems = []
+    for cfg in (relay, load.replace(port=load.port or 1)):
+        try:
+            cfg.validate()
+        except ConfigError as e:
+            problems += e.problems
+    if not (isinstance(hz, int | float) and not isinstance(hz, bool) and 0 < hz <= 100):
+        problems.append(Problem("hz", hz, "must be samples per second, 0 < hz <= 100"))
+    raise_if(problems, "run")
+    if store is not False:
+        _store.check_writable(_store.default_dir() if store is True else store)
+
+
 def _for_relay(template: LoadConfig, relay: Relay) -> LoadConfig:
     changes: dict[str, Any] = {"host": relay.host, "port": relay.port, "tls": relay.tls}
     if relay.tls != "off":
@@ -485,21 +503,20 @@ def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
 
     duration/warmup override the LoadConfig's. live: a plots.LivePanel (or any callable)
     fed every sampler tick. control: a RunControl to stop the run from another thread.
-    store: True (data/runs) or a directory to save the Result there. check: raise
-    RunFailed when the run fails (else return it with status "failed"). on_start(relay,
-    load) is called once both processes run (tests use it to kill one).
+    store: True (your store, labkit.store.default_dir()) or a directory to save the Result
+    there. check: raise RunFailed when the run fails (else return it with status "failed").
+    on_start(relay, load) is called once both processes run (tests use it to kill one).
 
-    ConfigError (before any process starts) for an invalid config.
+    ConfigError (before any process starts) for an invalid config; StoreError (before
+    too) when `store` names the recorded reference folder.
     """
-    relay_cfg = (relay or RelayConfig()).validate()
+    relay_cfg = relay or RelayConfig()
     load_cfg = load or LoadConfig()
     if duration is not None:
         load_cfg = load_cfg.replace(duration=duration)
     if warmup is not None:
         load_cfg = load_cfg.replace(warmup=warmup)
-    _validate_load_template(load_cfg)
-    if not (isinstance(hz, int | float) and 0 < hz <= 100):
-        raise ConfigError(f"hz={hz!r} must be samples per second, 0 < hz <= 100")
+    check_run(relay_cfg, load_cfg, hz=hz, store=store)
     from labkit.counters.sampler import Sampler  # the one sampler (loads the native module)
 
     control = control or RunControl()
@@ -738,13 +755,17 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], *,
           procfs: bool = True, pin: bool = True, compare: tuple[str, Any, Any] | None = None,
           control: RunControl | None = None, live: Any = None,
           on_start: Callable[[dict[str, Any], int, Relay, Load], None] | None = None,
-          on_result: Callable[[Result], None] | None = None) -> SweepResult:
+          on_result: Callable[[Result], None] | None = None,
+          recording: bool = False) -> SweepResult:
     """Run every grid point `repeats` times, interleaved (A B … A B …), and summarise.
 
     grid keys: RelayConfig fields (io, tls, workers, switches, …), LoadConfig fields
     (rate_mbps, size, pairs, threads, mode) and duration/warmup. Every point is validated
-    before anything runs (ConfigError). store: True (data/runs) or a directory; with resume,
-    (point, repeat) pairs already stored with status "ok" are not run again. A failed run is
+    before anything runs (ConfigError). store: True (your store) or a directory; with
+    resume, (point, repeat) pairs that this machine already stored there with status "ok"
+    are not run again (runs from another machine, or recorded references, never stand in
+    for a fresh run). recording=True writes reference runs into data/runs (data/record.py
+    does; nothing else may write there). A failed run is
     recorded (status "failed", stderr tail) and the sweep goes on. compare=(key, a, b): a
     Welch t-test of b against a per point (default: io epoll vs uring when both are in the
     grid). control.stop() ends the sweep after stopping the current run.
@@ -776,11 +797,15 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], *,
         json.dumps([k for *_, k in resolved]).encode()).hexdigest()[:8]
     directory = None if store is False else (
         _store.default_dir() if store is True else Path(store))
+    if directory is not None:
+        _store.check_writable(directory, recording)
     done: dict[tuple[str, int], dict[str, Any]] = {}
-    if directory is not None and resume and directory.exists():
+    if directory is not None and resume and directory.exists() and not recording:
         old = _store.load(directory)
         if not old.empty and "sweep" in old:
-            for row in old[(old["sweep"] == name) & (old["status"] == "ok")].to_dict("records"):
+            mine = old[(old["sweep"] == name) & (old["status"] == "ok")
+                       & (old["origin"] == _store.ORIGIN_HERE)]
+            for row in mine.to_dict("records"):
                 done[(str(row["point"]), int(row["repeat"]))] = row
     control = control or RunControl()
     rows: list[dict[str, Any]] = []
@@ -808,7 +833,7 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], *,
                          live=live, control=control, store=False, check=False, on_start=hook,
                          run_id=f"{name}-{key}-r{rep}-{secrets.token_hex(3)}")
             if directory is not None and result.status != "stopped":
-                paths.append(_store.save(result, directory))
+                paths.append(_store.save(result, directory, recording))
             rows.append(result.summary.to_dict() | (
                 {"path": str(result.path)} if result.path else {}))
             if on_result is not None:

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from labkit import process
 from labkit.config import ConfigError
 from labkit.cstrings import c_string
+from labkit.problems import Problem, raise_if
 from labkit.process import ChildFailed
 
 TLS_MODES = ("off", "user", "ktls")
@@ -85,72 +86,81 @@ class LoadConfig:
 
     def validate(self) -> "LoadConfig":
         """Raise ConfigError listing every problem and its fix; return self when valid."""
-        problems = self._problems()
-        if problems:
-            raise ConfigError("invalid load config:\n  - " + "\n  - ".join(problems))
+        raise_if(self._problems(), "load config")
         return self
 
-    def _problems(self) -> list[str]:
-        p: list[str] = []
+    def _problems(self) -> list[Problem]:
+        p: list[Problem] = []
         if not isinstance(self.host, str) or not self.host or self.host != self.host.strip():
-            p.append(f"host={self.host!r} must be the relay's address, e.g. '127.0.0.1'")
+            p.append(Problem("host", self.host, "must be the relay's address, e.g. "
+                             "'127.0.0.1'"))
         if not _is_int(self.port) or not 1 <= self.port <= 65535:
-            p.append(f"port={self.port!r} must be the relay's port 1..65535 (Relay.port; "
-                     "LoadConfig.for_relay(relay) fills it)")
+            p.append(Problem("port", self.port, "must be the relay's port 1..65535 "
+                             "(Relay.port; LoadConfig.for_relay(relay) fills it)"))
         for name, choices in (("tls", TLS_MODES), ("mode", LOAD_MODES)):
             if getattr(self, name) not in choices:
-                p.append(f"{name}={getattr(self, name)!r} is not known: choose one of "
-                         + ", ".join(repr(c) for c in choices))
+                p.append(Problem(name, getattr(self, name), "is not known",
+                                 "choose one of " + ", ".join(repr(c) for c in choices),
+                                 cli_fix="choose one of " + ", ".join(choices)))
         for name in ("insecure", "pin_cpus"):
             if not isinstance(getattr(self, name), bool):
-                p.append(f"{name}={getattr(self, name)!r} must be True or False")
+                p.append(Problem(name, getattr(self, name), "must be True or False"))
         p += self._tls_problems()
         if not _is_int(self.pairs) or not 1 <= self.pairs <= MAX_PAIRS:
-            p.append(f"pairs={self.pairs!r} must be an integer 1..{MAX_PAIRS}")
+            p.append(Problem("pairs", self.pairs, f"must be an integer 1..{MAX_PAIRS}"))
         if not _is_int(self.size) or not MIN_SIZE <= self.size <= MAX_SIZE:
-            p.append(f"size={self.size!r} must be {MIN_SIZE}..{MAX_SIZE} bytes (a packet "
-                     "carries an 8-byte sequence and an 8-byte send stamp)")
+            p.append(Problem("size", self.size, f"must be {MIN_SIZE}..{MAX_SIZE} bytes (a "
+                             "packet carries an 8-byte sequence and an 8-byte send stamp)"))
         if self.rate_mbps is not None and (
                 not _is_number(self.rate_mbps) or not 0 < self.rate_mbps <= 1e7
                 or not math.isfinite(self.rate_mbps)):
-            p.append(f"rate_mbps={self.rate_mbps!r} must be megabits per second > 0, or None "
-                     "for unpaced (as fast as the relay takes it)")
+            p.append(Problem("rate_mbps", self.rate_mbps, "must be megabits per second > 0",
+                             "give one, or None for unpaced (as fast as the relay takes it)",
+                             cli_fix="give one (e.g. --rate 500), or --rate unpaced for as "
+                             "fast as the relay takes it"))
         if not _is_number(self.duration) or not 0.001 <= self.duration <= MAX_SECONDS:
-            p.append(f"duration={self.duration!r} must be seconds, 0.001..{MAX_SECONDS:g}")
+            p.append(Problem("duration", self.duration,
+                             f"must be seconds, 0.001..{MAX_SECONDS:g}"))
         if not _is_number(self.warmup) or not 0 <= self.warmup <= MAX_SECONDS:
-            p.append(f"warmup={self.warmup!r} must be seconds >= 0 (0 = no warm-up)")
+            p.append(Problem("warmup", self.warmup, "must be seconds >= 0 (0 = no warm-up)"))
         if not _is_int(self.threads) or not 1 <= self.threads <= MAX_THREADS:
-            p.append(f"threads={self.threads!r} must be an integer 1..{MAX_THREADS}")
+            p.append(Problem("threads", self.threads, f"must be an integer 1..{MAX_THREADS}"))
         elif _is_int(self.pairs) and self.pairs >= 1 and self.threads > 2 * self.pairs:
-            p.append(f"threads={self.threads} exceeds the {2 * self.pairs} connections of "
-                     f"{self.pairs} pairs: use threads <= {2 * self.pairs} or more pairs")
+            p.append(Problem("threads", self.threads, f"exceeds the {2 * self.pairs} "
+                             f"connections of {self.pairs} pairs",
+                             f"use {{threads}} <= {2 * self.pairs} or more {{pairs}}"))
         if not _is_int(self.first_cpu) or self.first_cpu < 0:
-            p.append(f"first_cpu={self.first_cpu!r} must be a CPU number >= 0")
+            p.append(Problem("first_cpu", self.first_cpu, "must be a CPU number >= 0"))
         elif self.first_cpu != 0 and not self.pin_cpus:
-            p.append("first_cpu only applies with pin_cpus=True: set pin_cpus or drop first_cpu")
+            p.append(Problem("first_cpu", self.first_cpu, "{first_cpu} only applies with "
+                             "{pin_cpus=True}", "set {pin_cpus} or drop {first_cpu}", form=""))
         return p
 
-    def _tls_problems(self) -> list[str]:
-        p: list[str] = []
+    def _tls_problems(self) -> list[Problem]:
+        p: list[Problem] = []
         if self.tls == "off":
             given = [n for n in ("insecure", "ca_file") if getattr(self, n)]
             if given:
-                p.append(f"{' and '.join(given)} only apply with TLS: set tls='user' or drop "
-                         "them")
+                names = " and ".join(f"{{{g}}}" for g in given)
+                p.append(Problem(given[0], getattr(self, given[0]),
+                                 f"{names} only apply with TLS", "set {tls=user} or drop them",
+                                 form=""))
             return p
         if self.insecure and self.ca_file is not None:
-            p.append("give ca_file (verify against it) or insecure=True (no verification), "
-                     "not both")
+            p.append(Problem("ca_file", self.ca_file, "give {ca_file} (verify against it) or "
+                             "{insecure=True} (no verification), not both", form=""))
         if self.ca_file is not None:
             try:
                 with open(self.ca_file, "rb") as f:
                     head = f.read(1 << 16)
             except OSError as e:
-                p.append(f"ca_file {self.ca_file!r} cannot be read ({e.strerror}): fix the path, "
-                         "or use Relay.cert_file for the lab relay")
+                p.append(Problem("ca_file", self.ca_file, f"cannot be read ({e.strerror})",
+                                 "fix the path, or use Relay.cert_file for the lab relay",
+                                 form=" "))
             else:
                 if b"-----BEGIN " not in head:
-                    p.append(f"ca_file {self.ca_file!r} is not PEM (no '-----BEGIN' line)")
+                    p.append(Problem("ca_file", self.ca_file,
+                                     "is not PEM (no '-----BEGIN' line)", form=" "))
         return p
 
     # ---- serialisation ----------------------------------------------------------
@@ -467,43 +477,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = LoadConfig()
     parser.add_argument("--target", required=True, metavar="HOST:PORT",
                         help="the relay, e.g. 127.0.0.1:3340 or [::1]:3340")
-    parser.add_argument("--tls", default=d.tls, help=f"one of {', '.join(TLS_MODES)}")
+    parser.add_argument("--tls", default=d.tls, choices=TLS_MODES, help="TLS to the relay")
     parser.add_argument("--insecure", action="store_true",
                         help="TLS: do not verify the relay's certificate")
     parser.add_argument("--ca-file", metavar="FILE", help="TLS: trust this PEM certificate")
-    parser.add_argument("--mode", default=d.mode, help=f"one of {', '.join(LOAD_MODES)}")
-    parser.add_argument("--pairs", type=int, default=d.pairs)
-    parser.add_argument("--size", type=int, default=d.size, metavar="BYTES")
-    parser.add_argument("--rate", default="unpaced", metavar="MBPS|unpaced",
-                        help="offered payload megabits per second over all senders")
-    parser.add_argument("--duration", type=float, default=d.duration, metavar="S")
-    parser.add_argument("--warmup", type=float, default=d.warmup, metavar="S")
-    parser.add_argument("--threads", type=int, default=d.threads)
+    parser.add_argument("--mode", default=d.mode, choices=LOAD_MODES,
+                        help="throughput: one-way; echo: receivers send each packet back")
+    add_load_arguments(parser)
+    parser.add_argument("--duration", type=float, default=d.duration, metavar="S",
+                        help="measured window, seconds")
+    parser.add_argument("--warmup", type=float, default=d.warmup, metavar="S",
+                        help="seconds sent before the window, excluded from every figure")
     parser.add_argument("--pin", dest="pin_cpus", action="store_true",
                         help="pin thread i to CPU (first-cpu + i) mod ncpu")
-    parser.add_argument("--first-cpu", type=int, default=d.first_cpu)
+    parser.add_argument("--first-cpu", type=int, default=d.first_cpu, metavar="CPU",
+                        help="with --pin: the first thread's CPU")
     parser.add_argument("--json", action="store_true",
                         help="JSON lines on stdout: a ready event, then one result event")
+
+
+def add_load_arguments(parser: argparse.ArgumentParser | Any) -> None:
+    """The load's shape (pairs, size, rate, threads): shared by `labkit load` and `labkit
+    run`. --rate maps to the field rate_mbps."""
+    d = LoadConfig()
+    parser.add_argument("--pairs", type=int, default=d.pairs, metavar="N",
+                        help="sender->receiver pairs (2 connections each)")
+    parser.add_argument("--size", type=int, default=d.size, metavar="BYTES",
+                        help="packet payload bytes")
+    parser.add_argument("--rate", type=rate_arg, default="unpaced", metavar="MBIT/S|unpaced",
+                        help="offered payload megabits per second over all senders, or "
+                        "unpaced (as fast as the relay takes it)")
+    parser.add_argument("--threads", type=int, default=d.threads, metavar="N",
+                        help="load generator event-loop threads")
+    parser.set_defaults(_field_flags={"rate_mbps": "--rate"})
 
 
 def from_namespace(ns: argparse.Namespace) -> LoadConfig:
     host, port = _parse_target(ns.target)
     return LoadConfig(
         host=host, port=port, tls=ns.tls, insecure=ns.insecure, ca_file=ns.ca_file,
-        mode=ns.mode, pairs=ns.pairs, size=ns.size, rate_mbps=_parse_rate(ns.rate),
+        mode=ns.mode, pairs=ns.pairs, size=ns.size, rate_mbps=ns.rate,
         duration=ns.duration, warmup=ns.warmup, threads=ns.threads, pin_cpus=ns.pin_cpus,
         first_cpu=ns.first_cpu,
     )
 
 
-def _parse_rate(text: str) -> float | None:
+def rate_arg(text: str) -> float | None:
+    """--rate: megabits per second, or 'unpaced' (None)."""
     if text.strip().lower() == "unpaced":
         return None
     try:
         return float(text)
     except ValueError:
-        raise ConfigError(f"--rate {text!r} must be megabits per second (e.g. 500) or "
-                          "'unpaced'") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not megabits per second: give a number (e.g. --rate 500) or "
+            "--rate unpaced") from None
 
 
 def _format_target(host: str, port: int) -> str:

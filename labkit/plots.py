@@ -8,12 +8,12 @@ Live panel and threads
 ----------------------
 The sampler calls LivePanel.push(tick) on its own thread at 2–10 Hz. A bokeh Document is
 not thread-safe, and in Jupyter the kernel's main thread also changes the same Document
-(jupyter_bokeh's BokehModel applies the browser's events to it from the comm handler). So
+(a widget's comm handler runs there). So
 push() never touches a bokeh object: it appends the tick to a deque under a lock and, in a
 kernel, asks the kernel's tornado IOLoop to run flush() on the main thread
 (IOLoop.add_callback, tornado's one thread-safe method; a flush already scheduled is not
 scheduled again). flush() drains the deque into one ColumnDataSource.stream(...,
-rollover=N) call, which BokehModel sends to the browser as one PATCH-DOC message. Every
+rollover=N) call, which the widget sends to the browser as one PATCH-DOC message. Every
 Document change therefore happens on the kernel's main thread.
 
 Two consequences: the main thread must be free for the plot to move, which is why the
@@ -152,7 +152,7 @@ class LivePanel:
     the sampler thread with rollover (the last `rollover` ticks are kept).
 
         panel = LivePanel()
-        panel.widget()                       # a jupyter_bokeh.BokehModel: display it
+        panel.widget()                       # an ipywidget (views.BokehWidget): display it
         experiment.run(..., live=panel)      # or sampler.subscribe(panel.push)
 
     See the module docstring for how ticks cross from the sampler thread.
@@ -247,12 +247,12 @@ class LivePanel:
     # -- display --------------------------------------------------------------------------
 
     def widget(self) -> Any:
-        """The panel as an ipywidget (jupyter_bokeh.BokehModel), made once."""
+        """The panel as an ipywidget that renders on every page load (views.BokehWidget),
+        made once."""
         if self._widget is None:
-            from jupyter_bokeh import BokehModel
+            from labkit.views.bokeh_widget import BokehWidget
 
-            load_bokehjs()
-            self._widget = BokehModel(self.layout)
+            self._widget = BokehWidget(self.layout, loop=self._loop)
         return self._widget
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:

@@ -1,8 +1,19 @@
-"""Results on disk: one parquet file per run under data/runs/, written atomically.
+"""Results on disk: one parquet file per run, written atomically.
 
-    path = store.save(result)                  # data/runs/<run_id>.parquet
+    path = store.save(result)                  # <your store>/<run_id>.parquet
     runs = store.load()                        # one tidy row per run, across files
     ticks = store.load_timeseries()            # every run's time series, long form
+    refs = store.load(store.RECORDED_DIR)      # the recorded reference runs (origin column)
+
+Two kinds of run files, never mixed up:
+- **your runs** go to a per-user store, `$LABKIT_RUNS` or `$XDG_DATA_HOME/labkit/runs`
+  (`~/.local/share/labkit/runs`), outside the checkout;
+- **recorded reference runs** live in the checkout's `data/runs/`: read-only inputs that
+  notebooks fall back on where a capability is missing. save() refuses to write there
+  unless asked to record (data/record.py does), and such runs carry `reference: true`.
+load() gives every row an `origin`: "recorded" (a reference run), "this machine" or
+"another machine" (by machine id), so a figure can say RECORDED and a sweep resumes only
+from runs this machine made.
 
 A file holds the run's time series as its table and, in the parquet key-value metadata,
 the run's summary row (`labkit.summary`), its metadata (`labkit.meta`: configs, machine,
@@ -22,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import hashlib
 import io
 import json
 import math
@@ -49,14 +61,31 @@ _KEY_SCHEMA = b"labkit.schema"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+# The recorded reference runs: read-only inputs (see the module docstring).
+RECORDED_DIR = REPO_ROOT / "data" / "runs"
+ORIGIN_RECORDED, ORIGIN_HERE, ORIGIN_ELSEWHERE = "recorded", "this machine", "another machine"
+
+
 def default_dir() -> Path:
-    """data/runs of this checkout, or $LABKIT_RUNS when set."""
+    """Where your runs go: $LABKIT_RUNS, else $XDG_DATA_HOME/labkit/runs
+    (~/.local/share/labkit/runs). Never the recorded reference folder data/runs."""
     env = os.environ.get("LABKIT_RUNS")
-    return Path(env) if env else REPO_ROOT / "data" / "runs"
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "labkit" / "runs"
+
+
+def is_recorded_dir(directory: str | os.PathLike[str]) -> bool:
+    d = Path(directory).resolve()
+    return d == RECORDED_DIR.resolve() or d.is_relative_to(RECORDED_DIR.resolve())
 
 
 class StoreError(OSError):
     """A result could not be written or read; the message says why and what to do."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()  # the message, without "[Errno n]"
 
 
 # ---- machine metadata -------------------------------------------------------------------
@@ -75,6 +104,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {
+        "machine_id": machine_id(),
         "kernel": platform.release(),
         "cpu_model": model or platform.processor() or "unknown",
         "cores": os.cpu_count() or 0,
@@ -82,6 +112,27 @@ def machine() -> dict[str, Any]:
         "hostname": platform.node(),
         "python": platform.python_version(),
     }
+
+
+def machine_id() -> str:
+    """A stable, non-identifying id of this machine: a hash of /etc/machine-id (systemd's
+    per-installation id) with the host name, or of the host name and CPU alone where there
+    is no machine-id (a minimal chroot)."""
+    ident = ""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            ident = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if ident:
+            break
+    cpu = ""
+    if not ident:
+        with contextlib.suppress(OSError):
+            cpu = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                        if line.startswith("model name")), "")
+    blob = f"{ident}|{platform.node()}|{cpu}".encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def labkit_version() -> str:
@@ -203,12 +254,28 @@ def encode(summary: Mapping[str, Any], timeseries: pd.DataFrame,
     return buf.getvalue()
 
 
-def save(result: Result, directory: str | os.PathLike[str] | None = None) -> Path:
-    """Store one run as `<directory>/<run_id>.parquet` (default data/runs). Returns the path;
-    sets result.path. StoreError (nothing written) when the disk is full or read-only."""
+def check_writable(directory: str | os.PathLike[str], recording: bool = False) -> None:
+    """StoreError unless runs may be written into `directory`: the recorded reference
+    folder takes runs only when recording=True."""
+    if is_recorded_dir(directory) and not recording:
+        raise StoreError(
+            f"{directory} holds the recorded reference runs, which are read-only inputs: "
+            f"store your runs elsewhere (by default {default_dir()}, or set LABKIT_RUNS); "
+            "maintainers record new references with `labkit sweep --record` or "
+            "data/record.py")
+
+
+def save(result: Result, directory: str | os.PathLike[str] | None = None,
+         recording: bool = False) -> Path:
+    """Store one run as `<directory>/<run_id>.parquet` (default: your store, default_dir()).
+    Returns the path; sets result.path. StoreError (nothing written) when the disk is full
+    or read-only, or when directory is the recorded reference folder and recording is not
+    set (recording marks the run `reference: true`)."""
     d = Path(directory) if directory is not None else default_dir()
+    check_writable(d, recording)
     run_id = str(result.summary["run_id"])
-    data = encode(result.summary.to_dict(), result.timeseries, result.meta)
+    meta = dict(result.meta) | ({"reference": True} if recording else {})
+    data = encode(result.summary.to_dict(), result.timeseries, meta)
     path = write_atomic(d / f"{run_id}{SUFFIX}", data)
     result.path = path
     return path
@@ -218,9 +285,11 @@ def save(result: Result, directory: str | os.PathLike[str] | None = None) -> Pat
 
 
 def run_files(*sources: str | os.PathLike[str]) -> list[Path]:
-    """Every run file named by `sources` (files or directories; default data/runs),
-    sorted by name."""
+    """Every run file named by `sources` (files or directories; default: your store),
+    sorted by name. A default store that does not exist yet holds no runs."""
     if not sources:
+        if not default_dir().is_dir():
+            return []
         sources = (default_dir(),)
     files: list[Path] = []
     for s in sources:
@@ -250,9 +319,19 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
     return json.loads(md[_KEY_SUMMARY]), json.loads(md.get(_KEY_META, b"{}"))
 
 
+def origin(meta: Mapping[str, Any], path: str | os.PathLike[str]) -> str:
+    """"recorded", "this machine" or "another machine" (a run without a machine id, from
+    before ids were recorded, counts as another machine's)."""
+    if meta.get("reference") or is_recorded_dir(Path(path).parent):
+        return ORIGIN_RECORDED
+    mid = meta.get("machine", {}).get("machine_id")
+    return ORIGIN_HERE if mid is not None and mid == machine_id() else ORIGIN_ELSEWHERE
+
+
 def _meta_columns(meta: Mapping[str, Any]) -> dict[str, Any]:
     m = meta.get("machine", {})
     return {
+        "machine_id": m.get("machine_id"),
         "kernel": m.get("kernel"),
         "cpu_model": m.get("cpu_model"),
         "cores": m.get("cores"),
@@ -265,13 +344,14 @@ def _meta_columns(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 def load(*sources: str | os.PathLike[str]) -> pd.DataFrame:
     """One tidy DataFrame, one row per run, across every run file in `sources`
-    (files or directories; default data/runs). Columns: the summary's (config, derived
-    figures, status) plus kernel, cpu_model, cores, labkit_version, git_revision, date,
-    schema_version and `path`."""
+    (files or directories; default: your store). Columns: the summary's (config, derived
+    figures, status) plus machine_id, kernel, cpu_model, cores, labkit_version,
+    git_revision, date, schema_version, `origin` (see origin()) and `path`."""
     rows = []
     for f in run_files(*sources):
         summary, meta = read_header(f)
-        rows.append(summary | _meta_columns(meta) | {"path": str(f)})
+        rows.append(summary | _meta_columns(meta) | {"origin": origin(meta, f),
+                                                     "path": str(f)})
     return pd.DataFrame(rows)
 
 

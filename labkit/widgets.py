@@ -216,7 +216,7 @@ class Choice(W.HBox):
 class Dashboard:
     """The control panel. `widget` is the ipywidgets tree; displaying the Dashboard shows it.
 
-    store: False (keep results in memory only), True (data/runs) or a directory.
+    store: False (keep results in memory only), True (your store) or a directory.
     limits: option -> reason overrides (default machine_limits()).
     """
 

@@ -4,21 +4,25 @@ experiment is written out in the notebook that runs it.
 - QUICK / pick(): LABKIT_QUICK=1 (CI sets it) shortens runs; banner() says so in the output.
 - caps(): labkit.caps() once per kernel, and have(name) -> (ok, why not).
 - show(): display bokeh layouts inline (BokehJS loaded once, inline, works offline).
-- recorded(): reference runs from data/runs with a "recorded on <machine>, <date>" label,
+- recorded(): reference runs from data/runs with a "RECORDED on <machine>, <date>" label,
   so a figure drawn from them can never pass for a live measurement.
+- live_or_recorded(): run the live experiment, and on any failure of the capability it
+  needs (or when the machine lacks it) show the recorded runs instead, with the reason.
 - window_delta() / last(): counter arithmetic on a Result's time series.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA_RUNS = ROOT / "data" / "runs"
+DATA_RUNS = ROOT / "data" / "runs"  # labkit.store.RECORDED_DIR
 QUICK = os.environ.get("LABKIT_QUICK", "").strip() not in ("", "0")
 
 
@@ -130,3 +134,29 @@ def means(runs: pd.DataFrame, by: str | list[str], columns: list[str]) -> pd.Dat
     ok = runs[runs["status"] == "ok"] if "status" in runs else runs
     cols = [c for c in columns if c in ok]
     return ok.groupby(by, sort=False)[cols].mean(numeric_only=True)
+
+
+@dataclass
+class Source:
+    """Where a notebook's figures come from: the runs, the label every figure carries,
+    whether they were measured now, and if not, why."""
+
+    runs: pd.DataFrame
+    label: str
+    live: bool
+    why_not: str = ""
+
+
+def live_or_recorded(sweep: str, run_live: Callable[[], pd.DataFrame] | None,
+                     live_label: str, why_not: str = "") -> Source:
+    """run_live() (None: the capability is missing, and why_not says why); if it raises,
+    the capability failed here: say so, with the error, and fall back to the RECORDED
+    runs of `sweep`."""
+    if run_live is not None:
+        try:
+            return Source(run_live(), live_label, True)
+        except Exception as e:  # any failure of the live path falls back, said on screen
+            why_not = f"the live run failed here: {type(e).__name__}: {e}"
+    runs, label = recorded(sweep)
+    print(f"NOT LIVE: {why_not}\n-> showing {label}")
+    return Source(runs, label, False, why_not)

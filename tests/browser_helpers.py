@@ -155,6 +155,7 @@ JS_KERNEL_IDLE = (
     " const k = w && w.sessionContext && w.sessionContext.session"
     " && w.sessionContext.session.kernel; return !!(k && k.status === 'idle'); })()")
 JS_RUN_ALL = "window.jupyterapp.commands.execute('notebook:run-all-cells')"
+JS_SAVE = "window.jupyterapp.commands.execute('docmanager:save')"
 # Every cell has run: no busy "[*]" prompt, and each code cell has an execution count.
 JS_ALL_EXECUTED = (
     "(() => { const w = window.jupyterapp.shell.currentWidget; if (!w || !w.content)"

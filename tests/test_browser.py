@@ -2,8 +2,10 @@
 
 What an attendee does: open notebooks/99-playground.ipynb, run it, pick io_uring, press
 Run. The test asserts what they should see: the live figure's data grows while the run
-goes, and when it ends the results table has a row for an io_uring run. The page is saved
-to build/screenshots/browser-playground.png (the test's artefact).
+goes, and when it ends the results table has a row for an io_uring run. Then what a
+workshop does to a lab: save, reload the page on the still-running kernel, press Run
+again: the live figure renders again (no BokehJS error) and grows. The page is saved to
+build/screenshots/browser-playground.png (the test's artefact).
 
 The notebook is copied to a temporary directory first, so JupyterLab's autosave can never
 write outputs into the committed one. JupyterLab listens on 127.0.0.1 with a random token
@@ -25,6 +27,7 @@ from browser_helpers import (
     JS_APP_READY,
     JS_KERNEL_IDLE,
     JS_RUN_ALL,
+    JS_SAVE,
     JupyterLab,
     browser,
     chromium_path,
@@ -34,7 +37,7 @@ from browser_helpers import (
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "99-playground.ipynb"
 SHOT = ROOT / "build" / "screenshots" / "browser-playground.png"
-TIMEOUT = 240.0  # the whole test: lab start, kernel, run-all, one 3.5 s run, screenshot
+TIMEOUT = 300.0  # the whole test: lab start, kernel, run-all, two 3.5 s runs, a reload
 
 pytestmark = [
     pytest.mark.skipif(chromium_path() is None,
@@ -112,12 +115,31 @@ def test_playground_run_in_a_real_browser(tmp_path: Path) -> None:
                  deadline, SHOT)
         final = _live_rows(page)
         row = page.locator("table.labkit-results tbody tr").first.inner_text()
+
+        # save, reload on the running kernel: the widgets come back from the kernel and
+        # the live figure must render and grow again
+        page.evaluate(JS_SAVE)
+        page.wait_for_timeout(1000)
+        page.reload()
+        wait_for(page, "JupyterLab after the reload", JS_APP_READY, deadline, SHOT)
+        wait_for(page, "the kernel after the reload", JS_KERNEL_IDLE, deadline, SHOT)
+        wait_for(page, "the live figure after the reload", f"({JS_LIVE_ROWS})() >= 0",
+                 deadline, SHOT)
+        reloaded = _live_rows(page)
+        out = page.locator(".jp-Cell-outputArea").first
+        out.locator("button.widget-button", has_text=re.compile(r"^\s*Run\s*$")).click()
+        wait_for(page, "the live figure to grow after the reload",
+                 f"({JS_LIVE_ROWS})() > {reloaded + 3}", deadline, SHOT)
+        wait_for(page, "a second results row", f"({JS_TABLE_ROWS})() >= 2", deadline, SHOT)
+        after = _live_rows(page)
         page.wait_for_timeout(500)  # bokeh's paint of the last stream, for the screenshot
         SHOT.parent.mkdir(parents=True, exist_ok=True)
         out.screenshot(path=str(SHOT))
 
     assert final > mid > rows_before + 3, (rows_before, mid, final)
     assert page_row_ok(row), row
+    # the reloaded view starts from the kernel's snapshot (at most a few seconds old)
+    assert reloaded > rows_before and after > reloaded + 3, (final, reloaded, after)
     bad = [c for c in console if "bokeh" in c.lower() or "widget" in c.lower()]
     assert not bad, bad
 

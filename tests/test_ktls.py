@@ -30,7 +30,8 @@ from typing import Any
 
 import pytest
 
-from labkit import Relay, RelayConfig, RelayCrashed, caps, derp, sandbox, tlscert
+from labkit import Relay, RelayConfig, RelayCrashed, caps, derp, tlscert
+from labkit.hosts import sandbox
 from labkit.load import Load, LoadConfig
 
 ROOT = Path(__file__).resolve().parent.parent

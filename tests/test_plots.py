@@ -136,9 +136,18 @@ def test_live_panel_marshals_sampler_ticks_to_the_loop_thread() -> None:
     panel.pump()
 
 
-def test_live_panel_widget_is_a_bokeh_model() -> None:
-    from jupyter_bokeh import BokehModel
+def test_live_panel_widget_carries_bokehjs_and_patches() -> None:
+    """The widget brings BokehJS with it (a reloaded page has none) and sends each change
+    of the panel's Document as one PATCH-DOC message; its snapshot is the layout itself."""
+    from labkit.views.bokeh_widget import BokehWidget
 
     panel = plots.LivePanel(loop=None)
     w = panel.widget()
-    assert isinstance(w, BokehModel) and panel.widget() is w
+    assert isinstance(w, BokehWidget) and panel.widget() is w
+    assert w.bokeh_version and sum(len(s) for s in w.bokehjs) > 500_000
+    assert panel.layout.id in w.snapshot
+    sent: list[dict[str, Any]] = []
+    w.send = lambda content, buffers=None: sent.append(content)  # type: ignore[method-assign]
+    panel.push(_tick(5))
+    assert [m["kind"] for m in sent] == ["patch"]
+    assert "ColumnsStreamed" in sent[0]["content"]

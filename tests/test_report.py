@@ -76,16 +76,26 @@ def test_cli_run_validation_matches_the_api(tmp_path: Path,
     from labkit.cli import main
     from labkit.config import ConfigError, RelayConfig
 
+    # the same problem the API finds, said once, in the command's flags, exit 2
     with pytest.raises(ConfigError) as e:
-        RelayConfig(io="kqueue").validate()
-    assert main(["run", "--io", "kqueue", "--store", str(tmp_path)]) == 2
-    assert str(e.value) in capsys.readouterr().err
-    assert main(["run", "--rate", "fast", "--no-store"]) == 2
-    assert "--rate 'fast'" in capsys.readouterr().err
+        RelayConfig(workers=0).validate()
+    assert main(["run", "--workers", "0", "--store", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"labkit run: {e.value.for_cli({})[0]}\n" == (
+        "labkit run: --workers 0 must be an integer 1..64\n")
+    for argv, says in ((["--io", "kqueue"], "labkit run: --io: invalid choice: 'kqueue'"),
+                       (["--rate", "fast"], "labkit run: --rate: 'fast' is not megabits"),
+                       (["--duration", "-3"], "labkit run: --duration -3.0 must be seconds"),
+                       (["--batch"], "labkit run: --batch applies to io_uring only")):
+        assert main(["run", *argv, "--no-store"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(says) and err.count("\n") == 1, err  # one line, no progress
     bad = tmp_path / "bad.toml"
     bad.write_text("[grid]\nio = ['epoll', 'kqueue']\n")
+    with pytest.raises(ConfigError) as e:
+        RelayConfig(io="kqueue").validate()
     assert main(["sweep", str(bad), "--store", str(tmp_path)]) == 2
-    assert str(e.value) in capsys.readouterr().err
+    assert e.value.problems[0].render() in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["bad.toml"], "nothing ran"
 
 

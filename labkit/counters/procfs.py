@@ -9,22 +9,26 @@ Sources, per thread (`/proc/PID/task/TID/...`):
 - `stat`: utime, stime (clock ticks, 1/SC_CLK_TCK s: 10 ms steps on most kernels);
 - `schedstat` (where the kernel has it): on-CPU nanoseconds, the same user+system time
   at nanosecond resolution. `cpu_s` uses it when present: at 10 Hz, 10 ms ticks would
-  quantise a CPU percentage to steps of 10 %.
+  quantise a CPU percentage to steps of 10 %, and a single tick could read 0 %.
 
 A sample costs three small file reads per thread and no process is disturbed. Threads
 that exit keep their last values in the totals (so totals never go backwards); a process
 that exits leaves the last sample in place, with `gone=True`. A thread that lived and
 died between two samples was never seen: its context switches are lost, but its CPU time
-is not, because the process totals also read `/proc/PID/stat`, where the kernel keeps
-the time of exited threads: `cpu_s` is the live threads' schedstat time plus that.
+is not: the process total `cpu_s` is read from the process's CPU-time clock, which the
+kernel keeps in nanoseconds for the whole thread group, exited threads included.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field, replace
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The clock id of another process's CPU clock, as glibc's clock_getcpuclockid(3) builds it
+# (linux/posix-timers.h: MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)).
+_CPUCLOCK_SCHED = 2
 
 
 @dataclass(frozen=True)
@@ -158,9 +162,13 @@ class ProcThreads:
         cpu = sum(s.cpu_s for s in threads.values())
         proc = _process_times(self.pid)
         if proc is not None:
-            # The process's stat also holds the time of every exited thread, seen or not:
-            # precise time of the live threads + (process ticks - their ticks).
             utime, stime = proc
+        proc_ns = _process_cpu_ns(self.pid)
+        if proc_ns is not None:
+            cpu = proc_ns / 1e9
+        elif proc is not None:
+            # no process CPU clock: the live threads' precise time plus, at tick
+            # resolution, what the process stat holds beyond them (exited threads)
             live_ticks = sum(s.utime_s + s.stime_s for s in live_threads)
             cpu = sum(s.cpu_s for s in live_threads) + max(0.0, utime + stime - live_ticks)
         total = ProcTotals(
@@ -192,6 +200,17 @@ def _process_times(pid: int) -> tuple[float, float] | None:
         return None
     fields = stat.rpartition(")")[2].split()
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def _process_cpu_ns(pid: int) -> int | None:
+    """The whole process's CPU time in nanoseconds, exited threads included, from its
+    CPU-time clock (what clock_getcpuclockid(3) returns: the kernel's exact per-process
+    runtime, not the 10 ms ticks of /proc/PID/stat). None once the process is gone."""
+    clock = ((~pid) << 3) | _CPUCLOCK_SCHED
+    try:
+        return time.clock_gettime_ns(clock)
+    except OSError:
+        return None
 
 
 def _alive(pid: int) -> bool:

@@ -82,8 +82,18 @@ static int check_supported(const lk_relay_config *cfg)
     return LK_OK;
 }
 
+static void wait_all_started(lk_relay *r)
+{
+    pthread_mutex_lock(&r->start_lock);
+    while (r->started < r->n_threads)
+        pthread_cond_wait(&r->started_cond, &r->start_lock);
+    pthread_mutex_unlock(&r->start_lock);
+}
+
 static void teardown(lk_relay *r)
 {
+    pthread_cond_destroy(&r->started_cond);
+    pthread_mutex_destroy(&r->start_lock);
     __atomic_store_n(&running, NULL, __ATOMIC_RELEASE);
     if (r->workers)
         for (uint32_t i = 0; i < r->n_threads; i++)
@@ -145,6 +155,8 @@ int lk_relay_run(const lk_relay_config *cfg)
         free(r);
         return lk_fail(LK_ERR_BUSY, "a relay already runs in this process");
     }
+    pthread_mutex_init(&r->start_lock, NULL);
+    pthread_cond_init(&r->started_cond, NULL);
     rc = setup(r, cfg);
     for (uint32_t i = 0; i < r->n_threads && rc == LK_OK; i++) {
         int e = pthread_create(&r->workers[i].thread, NULL, lk_worker_main, &r->workers[i]);
@@ -153,6 +165,8 @@ int lk_relay_run(const lk_relay_config *cfg)
         else
             r->workers[i].thread_started = 1;
     }
+    if (rc == LK_OK)
+        wait_all_started(r);
     if (rc == LK_OK && cfg->ready_fd >= 0)
         (void)!write(cfg->ready_fd, "ready\n", 6);
     if (rc != LK_OK)

@@ -323,6 +323,10 @@ void *lk_worker_main(void *arg)
         pin(w);
     w->now = lk_now_ns();
     publish(w);
+    pthread_mutex_lock(&r->start_lock);
+    r->started++;
+    pthread_cond_signal(&r->started_cond);
+    pthread_mutex_unlock(&r->start_lock);
     while (!__atomic_load_n(&r->stopping, __ATOMIC_ACQUIRE)) {
         int timeout = wait_timeout_ms(w);
         /* about to sleep: make sure readers see everything done so far */

@@ -36,6 +36,11 @@ typedef struct lk_relay {
     int stop_fd;                  /* eventfd every worker watches; written by lk_relay_stop() */
     uint64_t next_conn_id;        /* atomic */
     uint64_t next_peer_id;        /* atomic */
+    /* Threads that have published their first counters: "ready" waits for all of them,
+     * so a reader never finds a slot that was never written. */
+    pthread_mutex_t start_lock;
+    pthread_cond_t started_cond;
+    uint32_t started;
 } lk_relay;
 
 typedef struct lk_worker {
