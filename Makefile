@@ -17,7 +17,7 @@ PYTHON_SYS ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := build/stamps
-NATIVE_SRC := $(wildcard native/include/*.h native/src/*.c native/src/*.h) labkit/build.py
+NATIVE_SRC := $(wildcard native/include/*.h native/src/*/*.c native/src/*/*.h) labkit/build.py
 LAB_PORT ?= 8888
 START_NOTEBOOK := notebooks/00-start-here.ipynb
 
@@ -131,14 +131,14 @@ FUZZ_TARGETS := http client_info session
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror -pthread \
 	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Inative/include -Inative/src
 # fuzz_session #includes worker.c (for its static timer pass) and drives the rest directly.
-FUZZ_SESSION_SRC := $(filter-out native/src/worker.c native/src/relay.c native/src/io_uring.c \
-	native/src/load%.c,$(wildcard native/src/*.c))
+FUZZ_SESSION_SRC := $(filter-out native/src/relay/worker.c native/src/relay/relay.c \
+	native/src/io/io_uring.c native/src/load/%.c,$(wildcard native/src/*/*.c))
 
-build/fuzz/fuzz_http: native/fuzz/fuzz_http.c native/src/http.c native/include/labkit.h
+build/fuzz/fuzz_http: native/fuzz/fuzz_http.c native/src/proto/http.c native/include/labkit.h
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) $(filter %.c,$^) -o $@
 
-build/fuzz/fuzz_client_info: native/fuzz/fuzz_client_info.c native/src/client_info.c \
+build/fuzz/fuzz_client_info: native/fuzz/fuzz_client_info.c native/src/proto/client_info.c \
 		native/include/labkit.h
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) $(filter %.c,$^) -o $@

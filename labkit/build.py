@@ -163,7 +163,7 @@ def build_archive(variant: Variant, src_dir: Path = SRC_DIR, out_dir: Path | Non
     a handful of files and stale objects after a flag change would be worse than the wait.
     """
     out_dir = out_dir or BUILD_DIR / f"native-{variant.name}"
-    sources = sorted(src_dir.glob("*.c"))
+    sources = sorted(src_dir.rglob("*.c"))
     if not sources:
         raise BuildError(f"no C sources in {src_dir}")
     obj_dir = out_dir / "obj"
@@ -172,7 +172,7 @@ def build_archive(variant: Variant, src_dir: Path = SRC_DIR, out_dir: Path | Non
     obj_dir.mkdir(parents=True)
     cmds = [
         [*compiler(), *STRICT_CFLAGS, *variant.flags, f"-I{HEADER.parent}", f"-I{src_dir}",
-         "-c", str(src), "-o", str(obj_dir / (src.stem + ".o"))]
+         "-c", str(src), "-o", str(obj_dir / (src.parent.name + "-" + src.stem + ".o"))]
         for src in sources
     ]
     for cmd in cmds:

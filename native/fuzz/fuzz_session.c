@@ -54,12 +54,12 @@
  *     peer-table entry is free, gauges are zero, no watcher or dirty entry
  *     remains.
  */
-#include "worker.c" /* NOLINT: the unity include gives access to run_timers() */
+#include "relay/worker.c" /* NOLINT: the unity include gives access to run_timers() */
 
 #include <sodium.h>
 #include <stdio.h>
 
-#include "handshake.h"
+#include "proto/handshake.h"
 
 /* The harness's own loops are not what coverage should steer by, and tracing their
  * comparisons cost most of the run time: only the relay's code is instrumented. */

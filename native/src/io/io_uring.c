@@ -1,0 +1,482 @@
+/* io_uring.c — the completion backend.  Each technique is its own switch so
+ * an experiment can measure it alone:
+ *   batch             all SQEs of a loop pass go in with the wait, one
+ *                     io_uring_enter per pass (off: one enter per operation)
+ *   multishot         one multishot recv per connection (off: re-armed recv)
+ *   provided_buffers  receives land in a shared buffer ring (off: a buffer
+ *                     per connection)
+ *   coalesce          all queued frames leave in one sendmsg (off: one send
+ *                     per frame)
+ *   sqpoll, defer_taskrun, single_issuer   ring set-up flags
+ * A switch the kernel cannot honour makes init fail with the reason.
+ * Data workers only: connections arrive set up from the acceptor (shard.h). */
+#include <errno.h>
+#include <liburing.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include "common/common.h"
+#include "relay/core.h"
+
+#define UR_ENTRIES 1024
+#define UR_PBUF_COUNT 64         /* power of two; small on purpose, see below */
+#define UR_PBUF_SIZE (32u * 1024)
+#define UR_CONN_BUF (32u * 1024)
+/* Packets one loop pass may take in before its sends go out.  Beyond it,
+ * receive completions wait (in order) for the next pass, holding their
+ * buffers: the small buffer ring then runs dry, the kernel leaves data in
+ * the sockets, and TCP slows the senders.  Without this, multishot recv
+ * drains every socket as fast as data arrives and the relay can only drop
+ * what its writers cannot keep up with (derper's collapse under load). */
+#define UR_PASS_BUDGET LK_TX_MAX
+#define UR_BGID 1
+
+/* user_data: operation in the top byte, then 24 bits of generation, then slot */
+enum ur_op { OP_RECV = 1, OP_SEND, OP_WAKE, OP_STOP };
+
+typedef struct ur_state {
+    struct io_uring ring;
+    int batch, multishot, pbuf, coalesce, sqpoll;
+    struct io_uring_buf_ring *br;
+    uint8_t *bufs;
+    int wake_fd;
+    uint64_t wake_value;
+    struct io_uring_cqe *parked;   /* receive completions left for the next pass */
+    uint32_t n_parked, cap_parked;
+} ur_state;
+
+static uint64_t ud(enum ur_op op, const lk_conn *c)
+{
+    uint64_t v = (uint64_t)op << 56;
+    if (c)
+        v |= (uint64_t)(c->gen & 0xffffff) << 32 | c->slot;
+    return v;
+}
+
+static lk_conn *ud_conn(lk_worker *w, uint64_t v)
+{
+    uint32_t slot = (uint32_t)v;
+    if (slot >= w->max_conns)
+        return NULL;
+    lk_conn *c = &w->conns[slot];
+    return (c->gen & 0xffffff) == ((v >> 32) & 0xffffff) && c->state != LK_CS_FREE ? c : NULL;
+}
+
+/* Whether liburing will enter the kernel for this submit/wait: mirrors its
+ * own rule, so the relay's io_uring_enter count matches what perf sees. */
+static int will_enter(ur_state *s, int wait)
+{
+    unsigned flags = IO_URING_READ_ONCE(*s->ring.sq.kflags);
+    int flush = (flags & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN)) != 0;
+    int to_submit = io_uring_sq_ready(&s->ring) > 0;
+    if (s->sqpoll)
+        to_submit = to_submit && (flags & IORING_SQ_NEED_WAKEUP);
+    return to_submit || flush || (wait && io_uring_cq_ready(&s->ring) == 0);
+}
+
+static void submit_now(lk_worker *w)
+{
+    ur_state *s = w->io_state;
+    if (will_enter(s, 0))
+        LK_COUNT(w, SYS_IO_URING_ENTER);
+    io_uring_submit(&s->ring);
+}
+
+static struct io_uring_sqe *get_sqe(lk_worker *w)
+{
+    ur_state *s = w->io_state;
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+    if (!sqe) {  /* SQ full: submit what we have, then there is room */
+        submit_now(w);
+        sqe = io_uring_get_sqe(&s->ring);
+    }
+    LK_COUNT(w, SQES_SUBMITTED);
+    return sqe;
+}
+
+/* After preparing one operation: without `batch`, it goes in right away. */
+static void queued(lk_worker *w)
+{
+    ur_state *s = w->io_state;
+    if (!s->batch)
+        submit_now(w);
+}
+
+static void arm_wake(lk_worker *w)
+{
+    ur_state *s = w->io_state;
+    struct io_uring_sqe *sqe = get_sqe(w);
+    io_uring_prep_read(sqe, s->wake_fd, &s->wake_value, sizeof s->wake_value, 0);
+    io_uring_sqe_set_data64(sqe, ud(OP_WAKE, NULL));
+    queued(w);
+}
+
+static void arm_recv(lk_worker *w, lk_conn *c)
+{
+    ur_state *s = w->io_state;
+    struct io_uring_sqe *sqe = get_sqe(w);
+    if (s->multishot)
+        io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+    else if (s->pbuf)
+        io_uring_prep_recv(sqe, c->fd, NULL, UR_PBUF_SIZE, 0);
+    else
+        io_uring_prep_recv(sqe, c->fd, c->io_buf, UR_CONN_BUF, 0);
+    if (s->pbuf) {
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = UR_BGID;
+    }
+    io_uring_sqe_set_data64(sqe, ud(OP_RECV, c));
+    c->io_refs++;
+    queued(w);
+}
+
+/* ---- set-up: each switch checked against the running kernel ------------- */
+
+static const char *kernel_release(void)
+{
+    static struct utsname u;
+    return uname(&u) == 0 ? u.release : "unknown";
+}
+
+static int setup_buf_ring(ur_state *s)
+{
+    size_t ring_bytes = UR_PBUF_COUNT * sizeof(struct io_uring_buf);
+    s->br = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    s->bufs = malloc((size_t)UR_PBUF_COUNT * UR_PBUF_SIZE);
+    if (s->br == MAP_FAILED || !s->bufs) {
+        if (s->br == MAP_FAILED)
+            s->br = NULL;
+        return lk_fail(LK_ERR_NOMEM, "no memory for the provided-buffer ring");
+    }
+    /* liburing 2.3 has no io_uring_setup_buf_ring(): register our own memory */
+    struct io_uring_buf_reg reg = {
+        .ring_addr = (unsigned long)s->br, .ring_entries = UR_PBUF_COUNT, .bgid = UR_BGID};
+    int rc = io_uring_register_buf_ring(&s->ring, &reg, 0);
+    if (rc < 0)
+        return lk_fail(LK_ERR_UNSUPPORTED,
+                       "provided_buffers: kernel %s refused io_uring_register_buf_ring (%s); "
+                       "it needs Linux 5.19+; turn provided_buffers off",
+                       kernel_release(), strerror(-rc));
+    io_uring_buf_ring_init(s->br);
+    int mask = io_uring_buf_ring_mask(UR_PBUF_COUNT);
+    for (unsigned i = 0; i < UR_PBUF_COUNT; i++)
+        io_uring_buf_ring_add(s->br, s->bufs + (size_t)i * UR_PBUF_SIZE, UR_PBUF_SIZE,
+                              (unsigned short)i, mask, (int)i);
+    io_uring_buf_ring_advance(s->br, UR_PBUF_COUNT);
+    return LK_OK;
+}
+
+static void return_buf(ur_state *s, unsigned bid)
+{
+    io_uring_buf_ring_add(s->br, s->bufs + (size_t)bid * UR_PBUF_SIZE, UR_PBUF_SIZE,
+                          (unsigned short)bid, io_uring_buf_ring_mask(UR_PBUF_COUNT), 0);
+    io_uring_buf_ring_advance(s->br, 1);
+}
+
+/* Multishot recv is a flag on an old opcode, invisible to io_uring_get_probe:
+ * try one on a socketpair and see whether it keeps delivering. */
+static int probe_multishot(ur_state *s)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+        return lk_fail(LK_ERR_SYSTEM, "socketpair: %s", strerror(errno));
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+    io_uring_prep_recv_multishot(sqe, sv[0], NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = UR_BGID;
+    io_uring_sqe_set_data64(sqe, 0);
+    int rc = LK_OK;
+    (void)!write(sv[1], "x", 1);
+    io_uring_submit(&s->ring);
+    struct io_uring_cqe *cqe;
+    if (io_uring_wait_cqe(&s->ring, &cqe) != 0 || cqe->res != 1 || !(cqe->flags & IORING_CQE_F_MORE))
+        rc = lk_fail(LK_ERR_UNSUPPORTED,
+                     "multishot: kernel %s does not keep a multishot recv armed (res %d); it "
+                     "needs Linux 6.0+; turn multishot off",
+                     kernel_release(), cqe ? cqe->res : -1);
+    if (cqe) {
+        if (cqe->flags & IORING_CQE_F_BUFFER)
+            return_buf(s, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+        io_uring_cqe_seen(&s->ring, cqe);
+    }
+    close(sv[1]);  /* EOF ends the multishot recv */
+    close(sv[0]);
+    while (io_uring_peek_cqe(&s->ring, &cqe) == 0) {
+        if (cqe->flags & IORING_CQE_F_BUFFER)
+            return_buf(s, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+        io_uring_cqe_seen(&s->ring, cqe);
+    }
+    return rc;
+}
+
+static int ur_init(lk_worker *w)
+{
+    ur_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return lk_fail(LK_ERR_NOMEM, "no memory for io_uring state");
+    w->io_state = s;
+    s->wake_fd = -1;
+    s->ring.ring_fd = -1;
+    uint32_t sw = w->relay->cfg.switches;
+    s->batch = (sw & LK_SW_BATCH) != 0;
+    s->multishot = (sw & LK_SW_MULTISHOT) != 0;
+    s->pbuf = (sw & LK_SW_PROVIDED_BUFFERS) != 0;
+    s->coalesce = (sw & LK_SW_COALESCE) != 0;
+    s->sqpoll = (sw & LK_SW_SQPOLL) != 0;
+    struct io_uring_params p = {0};
+    if (s->sqpoll) {
+        p.flags |= IORING_SETUP_SQPOLL;
+        p.sq_thread_idle = 1000;
+    }
+    if (sw & LK_SW_SINGLE_ISSUER)
+        p.flags |= IORING_SETUP_SINGLE_ISSUER;
+    if (sw & LK_SW_DEFER_TASKRUN)
+        p.flags |= IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SINGLE_ISSUER;
+    int rc = io_uring_queue_init_params(UR_ENTRIES, &s->ring, &p);
+    if (rc < 0) {
+        s->ring.ring_fd = -1;
+        return lk_fail(rc == -EINVAL ? LK_ERR_UNSUPPORTED : LK_ERR_SYSTEM,
+                       "io_uring_setup (flags 0x%x) failed on kernel %s: %s%s", p.flags,
+                       kernel_release(), strerror(-rc),
+                       rc == -EINVAL ? " (a set-up switch is too new for this kernel: sqpoll 5.11, "
+                                       "single_issuer 6.0, defer_taskrun 6.1)"
+                       : rc == -EPERM ? " (io_uring disabled: see sysctl kernel.io_uring_disabled)"
+                                      : "");
+    }
+    /* at most one held buffer or one pending receive per connection, plus the ring */
+    s->cap_parked = w->max_conns + UR_PBUF_COUNT;
+    s->parked = malloc(s->cap_parked * sizeof *s->parked);
+    if (!s->parked)
+        return lk_fail(LK_ERR_NOMEM, "no memory for parked completions");
+    if (s->pbuf && (rc = setup_buf_ring(s)) != LK_OK)
+        return rc;
+    if (s->multishot && (rc = probe_multishot(s)) != LK_OK)
+        return rc;
+    s->wake_fd = eventfd(0, EFD_CLOEXEC);
+    if (s->wake_fd < 0)
+        return lk_fail(LK_ERR_SYSTEM, "eventfd: %s", strerror(errno));
+    struct io_uring_sqe *sqe = get_sqe(w);
+    io_uring_prep_poll_add(sqe, w->relay->stop_fd, POLLIN);
+    io_uring_sqe_set_data64(sqe, ud(OP_STOP, NULL));
+    arm_wake(w);
+    return LK_OK;
+}
+
+static void ur_destroy(lk_worker *w)
+{
+    ur_state *s = w->io_state;
+    if (s->ring.ring_fd >= 0)
+        io_uring_queue_exit(&s->ring);
+    if (s->br)
+        munmap(s->br, UR_PBUF_COUNT * sizeof(struct io_uring_buf));
+    free(s->bufs);
+    free(s->parked);
+    if (s->wake_fd >= 0)
+        close(s->wake_fd);
+    free(s);
+    w->io_state = NULL;
+}
+
+/* ---- connections ------------------------------------------------------------ */
+
+static int ur_add_conn(lk_worker *w, lk_conn *c)
+{
+    ur_state *s = w->io_state;
+    if (!s->pbuf && !(c->io_buf = malloc(UR_CONN_BUF)))
+        return -1;
+    arm_recv(w, c);
+    return 0;
+}
+
+static void ur_flush(lk_worker *w, lk_conn *c)
+{
+    ur_state *s = w->io_state;
+    if (c->send_busy || !lk_conn_alive(c))
+        return;  /* one send in flight per connection keeps frames in order */
+    int n = lk_core_gather(w, c, c->iov, s->coalesce ? LK_TX_MAX + 1 : 1);
+    if (n == 0)
+        return;
+    struct io_uring_sqe *sqe = get_sqe(w);
+    if (n == 1) {
+        io_uring_prep_send(sqe, c->fd, c->iov[0].iov_base, c->iov[0].iov_len, MSG_NOSIGNAL);
+    } else {
+        c->io_msg = (struct msghdr){.msg_iov = c->iov, .msg_iovlen = (size_t)n};
+        io_uring_prep_sendmsg(sqe, c->fd, &c->io_msg, MSG_NOSIGNAL);
+    }
+    io_uring_sqe_set_data64(sqe, ud(OP_SEND, c));
+    c->send_busy = 1;
+    c->io_refs++;
+    queued(w);
+}
+
+static void finish_close(lk_worker *w, lk_conn *c)
+{
+    LK_COUNT(w, SYS_CLOSE);
+    close(c->fd);
+    c->fd = -1;
+    free(c->io_buf);
+    c->io_buf = NULL;
+    lk_core_release(w, c);
+}
+
+static void ur_close_conn(lk_worker *w, lk_conn *c)
+{
+    if (c->io_refs == 0) {
+        finish_close(w, c);
+        return;
+    }
+    /* the kernel still holds a recv or send: shutdown completes them, and the
+     * last completion finishes the close */
+    LK_COUNT(w, SYS_OTHER);
+    shutdown(c->fd, SHUT_RDWR);
+}
+
+static void drop_ref(lk_worker *w, lk_conn *c)
+{
+    if (--c->io_refs == 0 && c->state == LK_CS_CLOSING)
+        finish_close(w, c);
+}
+
+static void on_recv(lk_worker *w, lk_conn *c, struct io_uring_cqe *cqe)
+{
+    ur_state *s = w->io_state;
+    int more = (cqe->flags & IORING_CQE_F_MORE) != 0;
+    int has_buf = (cqe->flags & IORING_CQE_F_BUFFER) != 0;
+    unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+    if (cqe->res > 0 && c->state != LK_CS_CLOSING) {
+        const uint8_t *data = has_buf ? s->bufs + (size_t)bid * UR_PBUF_SIZE : c->io_buf;
+        lk_core_received(w, c, data, (size_t)cqe->res);  /* copies out everything it keeps */
+    }
+    if (has_buf)
+        return_buf(s, bid);
+    if (more)
+        return;
+    if (c->state == LK_CS_CLOSING) {
+        drop_ref(w, c);
+        return;
+    }
+    c->io_refs--;
+    if (cqe->res == 0 || (cqe->res < 0 && cqe->res != -ENOBUFS)) {
+        lk_core_io_error(w, c, -cqe->res);
+        if (c->state == LK_CS_CLOSING && c->io_refs == 0)
+            finish_close(w, c);
+        return;
+    }
+    arm_recv(w, c);  /* one-shot, a multishot that ended, or ENOBUFS */
+}
+
+static void on_send(lk_worker *w, lk_conn *c, struct io_uring_cqe *cqe)
+{
+    c->send_busy = 0;
+    if (c->state == LK_CS_CLOSING) {
+        drop_ref(w, c);
+        return;
+    }
+    c->io_refs--;
+    if (cqe->res < 0) {
+        lk_core_io_error(w, c, -cqe->res);
+        if (c->io_refs == 0 && c->state == LK_CS_CLOSING)
+            finish_close(w, c);
+        return;
+    }
+    lk_core_sent(w, c, (size_t)cqe->res);
+    if (lk_conn_alive(c) && lk_out_pending(c))
+        ur_flush(w, c);
+}
+
+static void dispatch(lk_worker *w, struct io_uring_cqe *cqe)
+{
+    uint64_t v = io_uring_cqe_get_data64(cqe);
+    switch ((enum ur_op)(v >> 56)) {
+    case OP_WAKE:
+        arm_wake(w);
+        break;
+    case OP_STOP:
+        break;  /* lk_relay_stop() set the flag the loop checks */
+    case OP_RECV:
+    case OP_SEND: {
+        lk_conn *c = ud_conn(w, v);
+        if (!c) {  /* cannot happen while io_refs holds the slot; never leak a buffer */
+            if (cqe->flags & IORING_CQE_F_BUFFER)
+                return_buf(w->io_state, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+            break;
+        }
+        if ((v >> 56) == OP_RECV)
+            on_recv(w, c, cqe);
+        else
+            on_send(w, c, cqe);
+        break;
+    }
+    }
+}
+
+static int ur_wait(lk_worker *w, int timeout_ms)
+{
+    ur_state *s = w->io_state;
+    struct io_uring_cqe *cqe;
+    int rc;
+    if (s->n_parked)
+        timeout_ms = 0;  /* parked work is ready now */
+    if (timeout_ms != 0 && will_enter(s, 1))
+        LK_COUNT(w, SYS_IO_URING_ENTER);
+    if (timeout_ms < 0) {
+        rc = io_uring_submit_and_wait(&s->ring, 1);
+    } else if (timeout_ms == 0) {
+        submit_now(w);
+        rc = 0;
+    } else {
+        struct __kernel_timespec ts = {.tv_sec = timeout_ms / 1000,
+                                       .tv_nsec = (long long)(timeout_ms % 1000) * 1000000};
+        rc = io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, &ts, NULL);
+    }
+    w->now = lk_now_ns();
+    if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY)
+        return lk_fail(LK_ERR_SYSTEM, "io_uring wait: %s", strerror(-rc));
+    /* Sends and everything else first: a completed send frees its receiver's
+     * writer before new packets for it are routed.  Receives are parked, in
+     * order, and then handled up to the pass budget. */
+    unsigned head, reaped = 0;
+    io_uring_for_each_cqe(&s->ring, head, cqe) {
+        int is_recv = (io_uring_cqe_get_data64(cqe) >> 56) == OP_RECV;
+        if (is_recv && s->n_parked < s->cap_parked)
+            s->parked[s->n_parked++] = *cqe;
+        else
+            dispatch(w, cqe);
+        reaped++;
+    }
+    uint64_t budget_end = w->stats.c[LK_C_PACKETS_IN] + UR_PASS_BUDGET;
+    uint32_t done = 0;
+    while (done < s->n_parked && w->stats.c[LK_C_PACKETS_IN] < budget_end)
+        dispatch(w, &s->parked[done++]);
+    s->n_parked -= done;
+    memmove(s->parked, s->parked + done, s->n_parked * sizeof *s->parked);
+    io_uring_cq_advance(&s->ring, reaped);
+    LK_COUNT_N(w, CQES_REAPED, reaped);
+    if (reaped)
+        w->stats.completions_hist[lk_hist_bucket(reaped)]++;
+    return 0;
+}
+
+static void ur_wake(lk_worker *w)
+{
+    ur_state *s = w->io_state;
+    uint64_t one = 1;
+    (void)!write(s->wake_fd, &one, sizeof one);
+}
+
+const lk_io_ops lk_io_uring = {
+    .name = "io_uring",
+    .init = ur_init,
+    .destroy = ur_destroy,
+    .add_conn = ur_add_conn,
+    .flush = ur_flush,
+    .close_conn = ur_close_conn,
+    .wait = ur_wait,
+    .wake = ur_wake,
+};

@@ -1,0 +1,362 @@
+/* routing.c — who receives what: registration, duplicate keys, forwarding,
+ * PeerGone (to earlier receivers and watchers), NotHere, mesh watchers.
+ *
+ * Every key is owned by one worker (lk_shard_owner); all connections of a key
+ * live there, so duplicate-key rules stay local.  What concerns a key owned
+ * elsewhere is sent to its owner as a message (shard.h). */
+#include <string.h>
+
+#include "relay/core.h"
+#include "relay/shard.h"
+
+/* ---- frames to a client ------------------------------------------------- */
+
+static void send_peer_gone(lk_worker *w, lk_conn *to, const uint8_t key[LK_KEY_LEN],
+                           uint8_t reason)
+{
+    uint8_t f[LK_FRAME_HDR + LK_KEY_LEN + 1];
+    lk_put_frame_hdr(f, LK_FT_PEER_GONE, LK_KEY_LEN + 1);
+    memcpy(f + LK_FRAME_HDR, key, LK_KEY_LEN);
+    f[LK_FRAME_HDR + LK_KEY_LEN] = reason;
+    if (lk_out_ctrl(w, to, f, sizeof f) == 0)
+        LK_COUNT(w, PEERGONE_SENT);
+}
+
+/* PeerPresent as it travels between workers: key, ip16 (a, b), port, flags. */
+static lk_xmsg present_msg(const lk_conn *c)
+{
+    lk_xmsg m = {.kind = LK_X_PRESENT, .port = c->port};
+    memcpy(m.key, c->key, LK_KEY_LEN);
+    memcpy(&m.a, c->ip16, 8);
+    memcpy(&m.b, c->ip16 + 8, 8);
+    uint8_t flags = (c->mesh ? LK_PRESENT_MESH : 0) | (c->prober ? LK_PRESENT_PROBER : 0) |
+                    (c->not_ideal ? LK_PRESENT_NOT_IDEAL : 0);
+    m.flags = flags ? flags : LK_PRESENT_REGULAR;  /* "regular" only when nothing else applies */
+    return m;
+}
+
+static void send_peer_present(lk_worker *w, lk_conn *to, const lk_xmsg *m)
+{
+    uint8_t f[LK_FRAME_HDR + 51];
+    uint8_t *p = f + LK_FRAME_HDR;
+    lk_put_frame_hdr(f, LK_FT_PEER_PRESENT, 51);
+    memcpy(p, m->key, LK_KEY_LEN);
+    memcpy(p + 32, &m->a, 8);
+    memcpy(p + 40, &m->b, 8);
+    p[48] = (uint8_t)(m->port >> 8);
+    p[49] = (uint8_t)m->port;
+    p[50] = m->flags;
+    lk_out_ctrl(w, to, f, sizeof f);
+}
+
+static void to_local_watchers(lk_worker *w, const lk_xmsg *m, int present)
+{
+    for (lk_conn *wt = w->watchers; wt; wt = wt->watch_next) {
+        if (present)
+            send_peer_present(w, wt, m);
+        else
+            send_peer_gone(w, wt, m->key, LK_GONE_DISCONNECTED);
+    }
+}
+
+/* ---- registration -------------------------------------------------------- */
+
+int lk_route_register(lk_worker *w, lk_conn *c)
+{
+    lk_peer *p = lk_peers_find(&w->peers, c->key);
+    if (!p && !(p = lk_peers_add(&w->peers, c->key)))
+        return -1;
+    c->peer = p;
+    c->dup_prev = NULL;
+    c->dup_next = p->conns;
+    if (p->conns)
+        p->conns->dup_prev = c;
+    p->conns = c;
+    p->n_conns++;
+    p->active = c;  /* the newest connection of a key is the active one (7.4) */
+    c->last_active_ns = w->now;
+    lk_xmsg m = present_msg(c);
+    to_local_watchers(w, &m, 1);
+    lk_shard_broadcast(w, &m);
+    return 0;
+}
+
+/* The remaining connection that most recently registered or sent becomes active. */
+static lk_conn *most_recent(lk_peer *p)
+{
+    lk_conn *best = p->conns;
+    for (lk_conn *c = p->conns; c; c = c->dup_next)
+        if (c->last_active_ns > best->last_active_ns)
+            best = c;
+    return best;
+}
+
+static void unlink_watcher(lk_worker *w, lk_conn *c)
+{
+    for (lk_conn **pp = &w->watchers; *pp; pp = &(*pp)->watch_next)
+        if (*pp == c) {
+            *pp = c->watch_next;
+            break;
+        }
+    c->watcher = 0;
+}
+
+/* PeerGone(key) to connection `r` of this worker if it is still the one that
+ * received; one per receiving key (stamp = the departed peer's id). */
+static void gone_to_receiver(lk_worker *w, lk_conn *r, uint64_t conn_id,
+                             const uint8_t key[LK_KEY_LEN], uint64_t stamp)
+{
+    if (r->id != conn_id || r->state != LK_CS_STEADY || !r->peer || r->peer->gone_stamp == stamp)
+        return;
+    r->peer->gone_stamp = stamp;
+    send_peer_gone(w, r->peer->active, key, LK_GONE_DISCONNECTED);
+}
+
+/* The key's last connection left: tell everyone that received from it. */
+static void announce_gone(lk_worker *w, lk_peer *p)
+{
+    for (uint32_t i = 0; i < p->n_seen; i++) {
+        lk_seen *s = &p->seen[i];
+        if (s->worker == w->index) {
+            gone_to_receiver(w, s->conn, s->conn_id, p->key, p->id);
+        } else {
+            lk_xmsg m = {.kind = LK_X_GONE, .a = p->id, .b = s->conn_id, .c = (uintptr_t)s->conn};
+            memcpy(m.key, p->key, LK_KEY_LEN);
+            lk_shard_send(w, s->worker, &m, 0);
+        }
+    }
+    lk_xmsg m = {.kind = LK_X_WATCH_GONE};
+    memcpy(m.key, p->key, LK_KEY_LEN);
+    to_local_watchers(w, &m, 0);
+    lk_shard_broadcast(w, &m);
+}
+
+void lk_route_unregister(lk_worker *w, lk_conn *c)
+{
+    lk_peer *p = c->peer;
+    if (!p)
+        return;
+    if (c->watcher)
+        unlink_watcher(w, c);
+    if (c->dup_prev)
+        c->dup_prev->dup_next = c->dup_next;
+    else
+        p->conns = c->dup_next;
+    if (c->dup_next)
+        c->dup_next->dup_prev = c->dup_prev;
+    c->peer = NULL;
+    if (--p->n_conns > 0) {
+        if (p->active == c)
+            p->active = most_recent(p);
+        return;
+    }
+    announce_gone(w, p);
+    lk_peers_remove(&w->peers, p);
+}
+
+void lk_route_touch(lk_worker *w, lk_conn *c)
+{
+    /* "last writer is active": only matters inside a duplicate set */
+    if (LK_UNLIKELY(c->peer && c->peer->n_conns > 1)) {
+        c->peer->active = c;
+        c->last_active_ns = w->now;
+    }
+}
+
+/* ---- packets ------------------------------------------------------------- */
+
+/* NotHere feedback, 1 token per second, burst 3 (7.2). */
+static void not_here(lk_worker *w, lk_conn *from, const uint8_t dst[LK_KEY_LEN])
+{
+    uint64_t whole = (w->now - from->nothere_stamp_ns) / 1000000000u;
+    if (whole) {
+        uint64_t tokens = from->nothere_tokens + whole;
+        from->nothere_tokens = tokens > 3 ? 3 : (uint32_t)tokens;
+        from->nothere_stamp_ns += whole * 1000000000u;
+    }
+    if (from->nothere_tokens == 0)
+        return;
+    from->nothere_tokens--;
+    send_peer_gone(w, from, dst, LK_GONE_NOT_HERE);
+    LK_COUNT(w, NOTHERE_SENT);
+}
+
+/* Deliver on the owning worker.  `sender` is the sending conn's token on
+ * worker `sender_worker` (for NotHere); src_peer the sending key's peer id. */
+static void deliver(lk_worker *w, const uint8_t dst[LK_KEY_LEN], lk_pkt *pkt, uint64_t src_peer,
+                    uint32_t sender_worker, uint64_t sender)
+{
+    lk_peer *p = lk_peers_find(&w->peers, dst);
+    if (!p) {
+        LK_COUNT(w, DROP_UNKNOWN_DEST);
+        if (pkt->disco && sender) {
+            if (sender_worker == w->index) {
+                lk_conn *from = lk_core_conn_from_token(w, sender);
+                if (from && from->state == LK_CS_STEADY)
+                    not_here(w, from, dst);
+            } else {
+                lk_xmsg m = {.kind = LK_X_NOTHERE, .b = sender};
+                memcpy(m.key, dst, LK_KEY_LEN);
+                lk_shard_send(w, sender_worker, &m, 0);
+            }
+        }
+        lk_pkt_free(w, pkt);
+        return;
+    }
+    lk_conn *r = p->active;
+    if (src_peer && r->last_seen_src != src_peer) {
+        /* the source's worker keeps the list of who received from it */
+        const uint8_t *src_key = pkt->data + LK_FRAME_HDR;
+        r->last_seen_src = src_peer;
+        if (sender_worker == w->index) {
+            lk_peer *sp = lk_peers_find(&w->peers, src_key);
+            if (sp && sp->id == src_peer)
+                lk_peers_note_seen(sp, w->index, r->id, r);
+        } else {
+            lk_xmsg m = {.kind = LK_X_SEEN, .a = src_peer, .b = r->id, .c = (uintptr_t)r};
+            memcpy(m.key, src_key, LK_KEY_LEN);
+            lk_shard_send(w, sender_worker, &m, 0);
+        }
+    }
+    lk_out_packet(w, r, pkt);
+}
+
+void lk_route_packet(lk_worker *w, lk_conn *from, const uint8_t src[LK_KEY_LEN],
+                     const uint8_t dst[LK_KEY_LEN], lk_pkt *pkt)
+{
+    /* ForwardPacket carries someone else's source: no PeerGone tracking for it */
+    uint64_t src_peer = from->peer && memcmp(src, from->key, LK_KEY_LEN) == 0 ? from->peer->id : 0;
+    uint64_t sender = lk_core_conn_token(from);
+    uint32_t bucket;
+    uint32_t owner = lk_shard_owner_bucket(w->relay, dst, &bucket);
+    if (owner == w->index) {
+        deliver(w, dst, pkt, src_peer, w->index, sender);
+        return;
+    }
+    /* Per-destination bound across shards, as Go's per-destination queue: this worker's
+     * packets waiting on others (ring, remote queue, remote writer) for one destination
+     * stay under a share of the ring, so a flood into a slow or stalled receiver is
+     * tail-dropped here instead of crowding the ring for everyone else's packets. */
+    uint32_t share = lk_shard_ring_limit(w) / 4;
+    uint32_t floor = 2 * w->relay->cfg.queue_depth + LK_TX_MAX + 256;
+    if (w->pool.xinflight[bucket] >= (share > floor ? share : floor)) {
+        LK_COUNT(w, DROP_QUEUE_TAIL);
+        lk_pkt_free(w, pkt);
+        return;
+    }
+    lk_xmsg m = {.kind = LK_X_PACKET, .pkt = pkt, .a = src_peer, .b = sender};
+    memcpy(m.key, dst, LK_KEY_LEN);
+    pkt->xbucket = bucket + 1;  /* read back only by us, when LK_X_FREE returns it */
+    if (lk_shard_send(w, owner, &m, 1) != 0) {
+        LK_COUNT(w, DROP_QUEUE_TAIL);  /* the owner's ring is full */
+        lk_pkt_free(w, pkt);
+        return;
+    }
+    w->pool.xinflight[bucket]++;
+    LK_COUNT(w, XSHARD_SENT);
+}
+
+void lk_route_remote_packet(lk_worker *w, lk_xmsg *m)
+{
+    deliver(w, m->key, m->pkt, m->a, m->from, m->b);
+}
+
+/* ---- watchers and ClosePeer ----------------------------------------------- */
+
+void lk_route_watch(lk_worker *w, lk_conn *c)
+{
+    /* a relay watching itself (its own key as client key) is a silent no-op (6.8) */
+    if (c->watcher || memcmp(c->key, w->relay->public_key, LK_KEY_LEN) == 0)
+        return;
+    c->watcher = 1;
+    c->watch_next = w->watchers;
+    w->watchers = c;
+    lk_peer *p;
+    lk_peers_foreach(&w->peers, p) {
+        lk_xmsg m = present_msg(p->active);
+        send_peer_present(w, c, &m);
+    }
+    lk_xmsg req = {.kind = LK_X_WATCH_REQ, .c = lk_core_conn_token(c)};
+    lk_shard_broadcast(w, &req);
+}
+
+static void close_key(lk_worker *w, lk_conn *keep, const uint8_t key[LK_KEY_LEN])
+{
+    lk_peer *p;
+    while ((p = lk_peers_find(&w->peers, key)) != NULL) {
+        lk_conn *victim = p->conns;
+        while (victim == keep)
+            victim = victim->dup_next;
+        if (!victim)
+            break;
+        lk_conn_close(w, victim, -1);
+    }
+}
+
+void lk_route_close_peer(lk_worker *w, lk_conn *c, const uint8_t key[LK_KEY_LEN])
+{
+    uint32_t owner = lk_shard_owner(w->relay, key);
+    if (owner == w->index) {
+        close_key(w, c, key);
+        return;
+    }
+    lk_xmsg m = {.kind = LK_X_CLOSE_PEER};
+    memcpy(m.key, key, LK_KEY_LEN);
+    lk_shard_send(w, owner, &m, 0);
+}
+
+/* ---- control messages from other workers ---------------------------------- */
+
+void lk_route_remote_event(lk_worker *w, lk_xmsg *m)
+{
+    switch (m->kind) {
+    case LK_X_NOTHERE: {
+        lk_conn *from = lk_core_conn_from_token(w, m->b);
+        if (from && from->state == LK_CS_STEADY)
+            not_here(w, from, m->key);
+        break;
+    }
+    case LK_X_SEEN: {
+        lk_peer *sp = lk_peers_find(&w->peers, m->key);
+        if (sp && sp->id == m->a) {
+            lk_peers_note_seen(sp, m->from, m->b, (lk_conn *)(uintptr_t)m->c);
+            break;
+        }
+        /* The source (incarnation m->a) left before this note came home: its
+         * announce_gone could not know this receiver, so the receiver gets
+         * PeerGone now, as it would have if the source had stayed a moment. */
+        lk_xmsg gone = {.kind = LK_X_GONE, .a = m->a, .b = m->b, .c = m->c};
+        memcpy(gone.key, m->key, LK_KEY_LEN);
+        lk_shard_send(w, m->from, &gone, 0);
+        break;
+    }
+    case LK_X_GONE:
+        gone_to_receiver(w, (lk_conn *)(uintptr_t)m->c, m->b, m->key, m->a);
+        break;
+    case LK_X_PRESENT:
+        to_local_watchers(w, m, 1);
+        break;
+    case LK_X_WATCH_GONE:
+        to_local_watchers(w, m, 0);
+        break;
+    case LK_X_PRESENT_TO: {
+        lk_conn *wt = lk_core_conn_from_token(w, m->c);
+        if (wt && wt->watcher)
+            send_peer_present(w, wt, m);
+        break;
+    }
+    case LK_X_WATCH_REQ: {
+        lk_peer *p;
+        lk_peers_foreach(&w->peers, p) {
+            lk_xmsg reply = present_msg(p->active);
+            reply.kind = LK_X_PRESENT_TO;
+            reply.c = m->c;
+            lk_shard_send(w, m->from, &reply, 0);
+        }
+        break;
+    }
+    case LK_X_CLOSE_PEER:
+        close_key(w, NULL, m->key);
+        break;
+    }
+}
