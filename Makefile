@@ -39,7 +39,7 @@ APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -q -y
 # that between them reach every code path (both backends, TLS, 1/2/4 workers and the
 # cross-shard rings, per-connection receive buffers) rather than the whole matrix.
 SANITIZE_TESTS ?= tests/conformance tests/adversarial $(wildcard tests/test_*pars*.py)
-SANITIZE_MODES ?= epoll-off-w1,epoll-user-w2,uring-off-w4,uring-user-w1,uring-nopbuf
+SANITIZE_MODES ?= epoll-off-w1,epoll-user-w2,uring-off-w4,uring-user-w1,uring-no-provided-buffers
 
 .PHONY: setup lab test clean fuzz guest-kernel
 

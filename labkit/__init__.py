@@ -8,8 +8,13 @@ do (io_uring, kTLS, perf, py-spy, the UML sandbox).
 import importlib
 from typing import Any
 
-from labkit.config import ConfigError, RelayConfig
-from labkit.relay import Relay, RelayCrashed, RelayError, RelayStartTimeout
+from labkit.problems import ConfigError
+
+# Imported on first use: they need the native module (the contract's tables), and
+# `python -m labkit.build`, which makes it, must be able to import the package first.
+_LAZY = {"RelayConfig": "labkit.config", "Relay": "labkit.relay",
+         "RelayCrashed": "labkit.relay", "RelayError": "labkit.relay",
+         "RelayStartTimeout": "labkit.relay"}
 
 __all__ = [
     "BuildReport",
@@ -26,6 +31,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     # labkit.build is imported on first use, not here, so that `python -m labkit.build`
     # runs it once; the module itself is callable (see labkit/build.py).
     if name == "profile":  # labkit.profile(relay, seconds) -> FlameGraph

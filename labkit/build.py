@@ -117,15 +117,34 @@ class BuildReport:
         )
 
 
+_INT_DEFINE = re.compile(r"#define (LK_[A-Z0-9_]+) (-?[0-9]+[uU]?)$")
+
+
 def read_cdef(header: Path = HEADER) -> str:
-    """The part of labkit.h that cffi parses: between the cdef-begin and cdef-end markers."""
+    """What cffi parses: the part of labkit.h between the cdef-begin and cdef-end markers,
+    run through the C preprocessor first, because the contract's tables (switches,
+    limits, counters) are X-macros that generate enums. cffi cannot read macros, so of
+    the #defines only `#define LK_NAME <integer>` lines are kept (cffi exposes those)."""
     text = header.read_text()
     try:
         start = text.index(CDEF_BEGIN) + len(CDEF_BEGIN)
         end = text.index(CDEF_END, start)
     except ValueError:
         raise BuildError(f"{header} lacks the {CDEF_BEGIN} ... {CDEF_END} markers") from None
-    return text[start:end]
+    # -dD keeps the #define lines in the output, -undef drops the compiler's own
+    cmd = [*compiler(), "-E", "-P", "-dD", "-undef", "-x", "c", "-"]
+    r = subprocess.run(cmd, input=text[start:end], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BuildError(f"preprocessing the cdef region failed: {shlex.join(cmd)}\n{r.stderr}")
+    lines = []
+    for line in r.stdout.splitlines():
+        if line.startswith("#define"):
+            m = _INT_DEFINE.match(line.strip())
+            if m:
+                lines.append(f"#define {m.group(1)} {m.group(2).rstrip('uU')}")
+            continue
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def compiler() -> list[str]:

@@ -3,8 +3,13 @@
 `RelayConfig` is what a notebook, the CLI (`labkit relay ...`) and stored results share:
 `to_args()`/`from_args()` round-trip through the command line that starts a relay
 process, `to_dict()` is what a result records, and `to_c()` fills `lk_relay_config`.
-Nothing here imports the native module, so a config can be built and checked in a kernel
-that has not built it yet.
+
+Its optimisation switches and its integer limits are not written here: they are the
+rows of the contract tables in native/include/labkit.h (labkit.native.contract), so a
+switch added there is a RelayConfig field, a `--flag` and a dashboard checkbox at once.
+validate() checks what only Python knows (addresses, files, keys, seconds) and then asks
+the relay's own check (lk_relay_config_check), so a config it passes is one the relay
+takes, refused with the relay's own words where not.
 """
 
 import argparse
@@ -15,58 +20,37 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from labkit import keys
-from labkit.cstrings import c_string
+from labkit.native import contract
+from labkit.native.cstrings import c_string
 from labkit.problems import ConfigError, Problem, raise_if
 
 IO_MODES = ("epoll", "uring")
 TLS_MODES = ("off", "user", "ktls")
-ASSIGN_MODES = ("hash", "round_robin")
 # How a relay's node key reaches its process (never argv: ps shows argv to every user).
 PRIVATE_KEY_ENV = "LABKIT_RELAY_PRIVATE_KEY"
 
-SWITCHES = (
-    "batch", "multishot", "provided_buffers", "coalesce", "sqpoll", "defer_taskrun",
-    "single_issuer",
-)
-URING_ONLY = frozenset(SWITCHES) - {"coalesce"}
-# What an unset (None) switch means in each mode. io_uring's defaults are the
+SWITCHES: tuple[str, ...] = tuple(contract.SWITCHES)
+URING_ONLY = frozenset(s.name for s in contract.SWITCHES.values() if not s.applies_to("epoll"))
+# What an unset (None) switch means in each mode: the table's defaults. io_uring's are the
 # optimisations that cost nothing at idle; sqpoll spins a kernel thread and
 # defer_taskrun/single_issuer constrain threading, so they stay opt-in.
 MODE_DEFAULTS: dict[str, dict[str, bool]] = {
-    "uring": {
-        "batch": True, "multishot": True, "provided_buffers": True, "coalesce": True,
-        "sqpoll": False, "defer_taskrun": False, "single_issuer": False,
-    },
-    "epoll": dict.fromkeys(SWITCHES, False),
-}
-MAX_WORKERS = 64  # LK_MAX_WORKERS in labkit.h (tests/test_config.py checks they agree)
+    io: {s.name: s.default[io] for s in contract.SWITCHES.values()} for io in IO_MODES}
+MAX_WORKERS = contract.LIMITS["workers"].max
 _MAX_SECONDS = (2**32 - 1) / 1000  # the C struct holds milliseconds in a uint32_t
-# The C relay's own limits (native/src/relay.c validate()), checked here too so the
-# message names the Python field rather than a struct member.
-_POOL_LIMITS = {
-    "queue_depth": (1, 65536),
-    "max_conns": (1, 1 << 20),
-    "pool_packets": (64, 2**32 - 1),
-}
+_UINT32_MAX = 2**32 - 1
 
 
 @dataclass(frozen=True)
-class RelayConfig:
+class _RelayConfigBase:
+    """RelayConfig without its switches (added from the contract below)."""
+
     host: str = "127.0.0.1"
     port: int = 0  # 0: the kernel picks a free port; the relay reports it
     io: Literal["epoll", "uring"] = "epoll"
     tls: Literal["off", "user", "ktls"] = "off"
-    workers: int = 1
-    # Optimisation switches; None means the io mode's default (MODE_DEFAULTS).
-    batch: bool | None = None
-    multishot: bool | None = None
-    provided_buffers: bool | None = None
-    coalesce: bool | None = None
-    sqpoll: bool | None = None
-    defer_taskrun: bool | None = None
-    single_issuer: bool | None = None
+    workers: int = contract.LIMITS["workers"].default
     pin_cpus: bool = False
-    assign: Literal["hash", "round_robin"] = "hash"
     cert_file: str | None = None  # None in a TLS mode: a fresh self-signed pair
     key_file: str | None = None
     key_file_relay: str | None = None  # node key file; None (and no private_key): random key
@@ -76,9 +60,9 @@ class RelayConfig:
     handshake_timeout: float = 10.0
     write_timeout: float = 2.0  # 0: no per-destination write deadline
     keepalive: float = 60.0
-    queue_depth: int = 32
-    max_conns: int = 4096
-    pool_packets: int = 16384
+    queue_depth: int = contract.LIMITS["queue_depth"].default
+    max_conns: int = contract.LIMITS["max_conns"].default
+    pool_packets: int = contract.LIMITS["pool_packets"].default
 
     def __post_init__(self) -> None:
         # Paths are stored as str so to_dict()/to_args() need no conversion.
@@ -107,7 +91,7 @@ class RelayConfig:
 
     def _problems(self) -> list[Problem]:
         p: list[Problem] = []
-        for name, choices in (("io", IO_MODES), ("tls", TLS_MODES), ("assign", ASSIGN_MODES)):
+        for name, choices in (("io", IO_MODES), ("tls", TLS_MODES)):
             if getattr(self, name) not in choices:
                 p.append(Problem(name, getattr(self, name), "is not known",
                                  "choose one of " + ", ".join(repr(c) for c in choices),
@@ -122,17 +106,14 @@ class RelayConfig:
         if not _is_int(self.port) or not 0 <= self.port <= 65535:
             p.append(Problem("port", self.port, "must be an integer 0..65535 (0 = any free "
                              "port)"))
-        if not _is_int(self.workers) or not 1 <= self.workers <= MAX_WORKERS:
-            p.append(Problem("workers", self.workers, f"must be an integer 1..{MAX_WORKERS}"))
+        for name in contract.LIMITS:
+            if not _is_int(getattr(self, name)):
+                p.append(Problem(name, getattr(self, name), "must be an integer"))
         for s in SWITCHES:
             value = getattr(self, s)
             if value is not None and not isinstance(value, bool):
                 p.append(Problem(s, value, "must be True, False or None (the io mode's "
                                  "default)"))
-            elif value is True and s in URING_ONLY and self.io == "epoll":
-                p.append(Problem(s, value, "applies to io_uring only",
-                                 f"set {{io=uring}} or leave {{{s}}} unset",
-                                 cli_fix=f"add --io uring or drop --{s.replace('_', '-')}"))
         if not isinstance(self.pin_cpus, bool):
             p.append(Problem("pin_cpus", self.pin_cpus, "must be True or False"))
         p += self._tls_problems()
@@ -145,12 +126,38 @@ class RelayConfig:
         if not _is_number(self.write_timeout) or not 0 <= self.write_timeout <= _MAX_SECONDS:
             p.append(Problem("write_timeout", self.write_timeout,
                              "must be seconds >= 0 (0 = no write deadline)"))
-        for name, (low, high) in _POOL_LIMITS.items():
-            value = getattr(self, name)
-            if not _is_int(value) or not low <= value <= high:
-                p.append(Problem(name, value, f"must be an integer {low}..{high} (default "
-                                 f"{_default(name)})"))
-        return p
+        return p + self._relay_problems(flagged={x.field for x in p})
+
+    def _relay_problems(self, flagged: set[str]) -> list[Problem]:
+        """The relay's check (limits, which switches apply, what needs what), in its words.
+        Fields already refused above go in as their defaults, so the rest is still checked
+        and every problem is listed at once."""
+        from labkit.native import ffi, lib
+
+        base = RelayConfig()
+        checked = self.replace(**{f: getattr(base, f) for f in flagged if hasattr(base, f)})
+        cfg = ffi.new("lk_relay_config *")
+        lib.lk_relay_config_defaults(cfg)
+        checked._fill_checked_fields(cfg, lib)
+        values = vars(self) | self.switches()  # a switch as it runs: None means its default
+        return [Problem(name, values.get(name), why, fix)
+                for name, why, fix in contract.relay_config_problems(cfg)
+                if name not in flagged]
+
+    def _fill_checked_fields(self, cfg: Any, lib: Any) -> None:
+        """The fields lk_relay_config_check reads. Integers outside a uint32 are clamped to
+        its ends, which are outside every limit, so the check still refuses them."""
+        cfg.io = {"epoll": lib.LK_IO_EPOLL, "uring": lib.LK_IO_URING}[self.io]
+        cfg.tls = {"off": lib.LK_TLS_OFF, "user": lib.LK_TLS_USER, "ktls": lib.LK_TLS_KTLS}[
+            self.tls]
+        cfg.workers = max(-1, min(self.workers, contract.LIMITS["workers"].max + 1))
+        for name in ("queue_depth", "max_conns", "pool_packets"):
+            setattr(cfg, name, max(0, min(getattr(self, name), _UINT32_MAX)))
+        cfg.switches = contract.switch_bits(self.switches())
+        cfg.pin_cpus = int(self.pin_cpus)
+        cfg.handshake_timeout_ms = round(self.handshake_timeout * 1000)
+        cfg.write_timeout_ms = round(self.write_timeout * 1000)
+        cfg.keepalive_ms = round(self.keepalive * 1000)
 
     def _tls_problems(self) -> list[Problem]:
         given = [n for n in ("cert_file", "key_file") if getattr(self, n) is not None]
@@ -279,20 +286,7 @@ class RelayConfig:
 
         cfg.listen_fd = listen_fd
         cfg.ready_fd = ready_fd
-        cfg.io = {"epoll": lib.LK_IO_EPOLL, "uring": lib.LK_IO_URING}[self.io]
-        cfg.tls = {"off": lib.LK_TLS_OFF, "user": lib.LK_TLS_USER, "ktls": lib.LK_TLS_KTLS}[
-            self.tls
-        ]
-        cfg.workers = self.workers
-        bits = 0
-        for name, on in self.switches().items():
-            if on:
-                bits |= getattr(lib, "LK_SW_" + name.upper())
-        if self.pin_cpus:
-            bits |= lib.LK_SW_PIN_CPUS
-        if self.assign == "round_robin":
-            bits |= lib.LK_SW_ROUND_ROBIN
-        cfg.switches = bits
+        self._fill_checked_fields(cfg, lib)
         cfg.cert_file = cstr(cert_file)
         cfg.key_file = cstr(key_file)
         ffi.memmove(cfg.private_key, private_key, keys.KEY_LEN)
@@ -300,13 +294,19 @@ class RelayConfig:
             cfg.has_mesh_key = 1
             ffi.memmove(cfg.mesh_key, keys.load_mesh_key(self.mesh_key_file), keys.KEY_LEN)
         cfg.shm_name = cstr(shm_name)
-        cfg.handshake_timeout_ms = round(self.handshake_timeout * 1000)
-        cfg.write_timeout_ms = round(self.write_timeout * 1000)
-        cfg.keepalive_ms = round(self.keepalive * 1000)
-        cfg.queue_depth = self.queue_depth
-        cfg.max_conns = self.max_conns
-        cfg.pool_packets = self.pool_packets
         return cfg, keepalive
+
+
+# The switches are fields too, one per row of the contract's switch table; None means
+# the io mode's default (MODE_DEFAULTS).
+RelayConfig = dataclasses.make_dataclass(
+    "RelayConfig", [(name, bool | None, field(default=None)) for name in SWITCHES],
+    bases=(_RelayConfigBase,), frozen=True)
+RelayConfig.__module__ = __name__  # for pickling and repr: it lives here
+RelayConfig.__doc__ = (
+    "A relay: its address, io mode, TLS, workers, limits, keys, timeouts, and one field per "
+    "optimisation switch of the contract (" + ", ".join(SWITCHES) + "; None: the io "
+    "mode's default). validate() refuses what the relay would refuse.")
 
 
 # ---- command line ----------------------------------------------------------------
@@ -325,15 +325,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = RelayConfig()
     parser.add_argument("--listen", default=_format_listen(d.host, d.port),
                         metavar="HOST:PORT", help="address to bind (default %(default)s)")
-    parser.add_argument("--io", default=d.io, help=f"one of {', '.join(IO_MODES)}")
-    parser.add_argument("--tls", default=d.tls, help=f"one of {', '.join(TLS_MODES)}")
-    parser.add_argument("--workers", type=int, default=d.workers)
-    for s in SWITCHES:
-        parser.add_argument("--" + s.replace("_", "-"), dest=s,
-                            action=argparse.BooleanOptionalAction, default=None,
-                            help="uring only" if s in URING_ONLY else None)
-    parser.add_argument("--pin-cpus", action="store_true")
-    parser.add_argument("--assign", default=d.assign, help=f"one of {', '.join(ASSIGN_MODES)}")
+    add_relay_arguments(parser)
+    parser.add_argument("--pin-cpus", action="store_true",
+                        help="pin worker i to CPU (i mod the CPU count)")
     parser.add_argument("--cert", dest="cert_file", metavar="FILE", help="PEM certificate")
     parser.add_argument("--key", dest="key_file", metavar="FILE", help="PEM private key")
     parser.add_argument("--relay-key-file", dest="key_file_relay", metavar="FILE",
@@ -345,9 +339,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="S")
     parser.add_argument("--write-timeout", type=float, default=d.write_timeout, metavar="S")
     parser.add_argument("--keepalive", type=float, default=d.keepalive, metavar="S")
-    parser.add_argument("--queue-depth", type=int, default=d.queue_depth)
-    parser.add_argument("--max-conns", type=int, default=d.max_conns)
-    parser.add_argument("--pool-packets", type=int, default=d.pool_packets)
+    for name, limit in contract.LIMITS.items():
+        if name != "workers":
+            parser.add_argument("--" + name.replace("_", "-"), type=int, default=limit.default,
+                                metavar="N", help=f"{limit.help} ({limit.unit}, "
+                                f"{limit.min}..{limit.max})")
+
+
+def add_relay_arguments(parser: argparse.ArgumentParser | Any) -> None:
+    """What a relay is (io mode, TLS, workers, one --flag/--no-flag per switch of the
+    contract): shared by `labkit relay` and `labkit run`."""
+    workers = contract.LIMITS["workers"]
+    parser.add_argument("--io", default="epoll", choices=IO_MODES, help="event loop")
+    parser.add_argument("--tls", default="off", choices=TLS_MODES, help="TLS on the relay")
+    parser.add_argument("--workers", type=int, default=workers.default, metavar="N",
+                        help=f"{workers.help} ({workers.min}..{workers.max})")
+    for s in contract.SWITCHES.values():
+        where = "io_uring only" if not s.applies_to("epoll") else "both io modes"
+        on = [io for io in IO_MODES if s.default[io]]
+        default = f"on with {' and '.join(on)}" if on else "off"
+        needs = f"; needs {s.kernel}" if s.kernel else ""
+        parser.add_argument("--" + s.name.replace("_", "-"), dest=s.name,
+                            action=argparse.BooleanOptionalAction, default=None,
+                            help=f"{s.help} ({where}{needs}; default: {default})")
 
 
 def from_namespace(ns: argparse.Namespace) -> RelayConfig:

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from labkit import process
 from labkit.config import ConfigError
-from labkit.cstrings import c_string
+from labkit.native.cstrings import c_string
 from labkit.problems import Problem, raise_if
 from labkit.process import ChildFailed
 

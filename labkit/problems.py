@@ -37,10 +37,10 @@ class Problem:
     form: str = "="
 
     def render(self) -> str:
-        why = _REF.sub(_python_ref, self.why)
+        why = python_text(self.why)
         head = {"=": f"{self.field}={self.value!r} ", " ": f"{self.field} {self.value!r} ",
                 "": ""}[self.form]
-        fix = _REF.sub(_python_ref, self.fix)
+        fix = python_text(self.fix)
         return f"{head}{why}: {fix}" if fix else f"{head}{why}"
 
     def render_cli(self, flags: Mapping[str, str]) -> str:
@@ -71,6 +71,11 @@ class ConfigError(ValueError):
         if not self.problems:
             return [str(self)]
         return [p.render_cli(flags) for p in self.problems]
+
+
+def python_text(text: str) -> str:
+    """Markup ({io}, {io=uring}) rendered as Python names it."""
+    return _REF.sub(_python_ref, text)
 
 
 def raise_if(problems: Sequence[Problem], what: str) -> None:

@@ -1,10 +1,12 @@
 """The relay modes every conformance test runs against: the one place to extend.
 
 Each entry is a pytest.param whose value is a dict of RelayConfig keyword arguments.
-The matrix is io {epoll, uring} x workers {1, 2, 4} x TLS {off, user}, plus io_uring
-with each of its switches off in turn, so a protocol rule that breaks under one
-optimisation (or across shards) fails here by name.  Give a mode `marks=` with a skip
-when the machine cannot run it.
+The matrix is io {epoll, uring} x workers {1, 2, 4} x TLS {off, user}, plus every switch
+of the contract (labkit.native.contract.SWITCHES, from native/include/labkit.h) in its
+non-default position, in each io mode it applies to: a switch on by default is turned
+off (with the switches that need it), one off by default is turned on (with what it
+needs).  So a protocol rule that breaks under one optimisation (or across shards) fails
+here by name, and a switch added to the header is in the matrix without an edit here.
 
 Kernel TLS modes (io x workers x ktls) are not in the default matrix: most hosts have no
 `tls` module, so tests/test_ktls.py runs them inside `labkit sandbox` (a UML kernel that
@@ -17,6 +19,8 @@ import os
 
 import pytest
 
+from labkit.native.contract import SWITCHES
+
 
 def _matrix(tls_modes: tuple[str, ...]) -> list:
     return [
@@ -27,16 +31,27 @@ def _matrix(tls_modes: tuple[str, ...]) -> list:
     ]
 
 
-DEFAULT_MODES: list = _matrix(("off", "user")) + [
-    # io_uring ablations: multishot recv needs provided buffers, so both go off together
-    pytest.param({"io": "uring", "batch": False}, id="uring-nobatch"),
-    pytest.param({"io": "uring", "multishot": False}, id="uring-nomultishot"),
-    pytest.param(
-        {"io": "uring", "multishot": False, "provided_buffers": False}, id="uring-nopbuf"
-    ),
-    pytest.param({"io": "uring", "coalesce": False}, id="uring-nocoalesce"),
-    pytest.param({"io": "epoll", "coalesce": True, "workers": 2}, id="epoll-coalesce-w2"),
-]
+def _switch_modes() -> list:
+    """One mode per (io mode, switch) with the switch away from its default."""
+    modes = []
+    for io in ("epoll", "uring"):
+        for s in SWITCHES.values():
+            if not s.applies_to(io):
+                continue
+            flag = s.name.replace("_", "-")
+            if s.default[io]:  # off, and whatever needs it off too
+                off = {t.name: False for t in SWITCHES.values() if s.name in t.requires}
+                modes.append(pytest.param({"io": io, **off, s.name: False},
+                                          id=f"{io}-no-{flag}"))
+            else:  # on, with what it needs; across two shards where it is epoll's
+                on = dict.fromkeys(s.requires, True)
+                workers = {"workers": 2} if io == "epoll" else {}
+                modes.append(pytest.param({"io": io, **workers, **on, s.name: True},
+                                          id=f"{io}-{flag}" + ("-w2" if workers else "")))
+    return modes
+
+
+DEFAULT_MODES: list = _matrix(("off", "user")) + _switch_modes()
 KTLS_MODES: list = _matrix(("ktls",))
 ALL_MODES: list = DEFAULT_MODES + KTLS_MODES
 

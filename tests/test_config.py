@@ -41,7 +41,6 @@ def test_defaults_are_valid() -> None:
     [
         ({"io": "kqueue"}, "io='kqueue' is not known: choose one of 'epoll', 'uring'"),
         ({"tls": "ssl"}, "choose one of 'off', 'user', 'ktls'"),
-        ({"assign": "random"}, "choose one of 'hash', 'round_robin'"),
         ({"host": "relay.example"}, "is not an IP address: use 127.0.0.1"),
         ({"port": 70000}, "port=70000 must be an integer 0..65535"),
         ({"port": -1}, "0..65535 (0 = any free port)"),
@@ -156,7 +155,7 @@ def test_switch_defaults_per_mode() -> None:
     "cfg",
     [
         RelayConfig(),
-        RelayConfig(host="::1", port=3340, workers=4, assign="round_robin", pin_cpus=True),
+        RelayConfig(host="::1", port=3340, workers=4, pin_cpus=True),
         RelayConfig(io="uring", batch=False, sqpoll=True, multishot=None, coalesce=False,
                     provided_buffers=True, defer_taskrun=True, single_issuer=False),
         RelayConfig(tls="user", cert_file="/c.pem", key_file="/k.pem", mesh_key_file="/m",
@@ -218,15 +217,15 @@ def test_to_c_fills_the_struct(tmp_path: Path) -> None:
     mesh = tmp_path / "mesh"
     mesh.write_text("cd" * 32)
     cfg = RelayConfig(io="uring", workers=3, sqpoll=True, multishot=False, pin_cpus=True,
-                      assign="round_robin", mesh_key_file=str(mesh), write_timeout=0.0015,
+                      mesh_key_file=str(mesh), write_timeout=0.0015,
                       keepalive=30, queue_depth=8, max_conns=10, pool_packets=99)
     priv = keys.generate_private_key()
     c, keep = cfg.to_c(ffi, lib, listen_fd=7, ready_fd=8, private_key=priv,
                        shm_name="/labkit-x", cert_file="/c.pem", key_file=None)
     assert (c.listen_fd, c.ready_fd, c.io, c.workers) == (7, 8, lib.LK_IO_URING, 3)
     expected = (lib.LK_SW_BATCH | lib.LK_SW_PROVIDED_BUFFERS | lib.LK_SW_COALESCE
-                | lib.LK_SW_SQPOLL | lib.LK_SW_PIN_CPUS | lib.LK_SW_ROUND_ROBIN)
-    assert c.switches == expected
+                | lib.LK_SW_SQPOLL)
+    assert c.switches == expected and c.pin_cpus == 1
     assert c.tls == lib.LK_TLS_OFF
     assert ffi.string(c.cert_file) == b"/c.pem" and c.key_file == ffi.NULL
     assert ffi.string(c.shm_name) == b"/labkit-x"

@@ -23,13 +23,13 @@ class CounterLayoutError(RuntimeError):
 
 @cache
 def counter_names() -> tuple[str, ...]:
-    """Counter names in index order: LK_C_FRAMES_IN -> "frames_in", LK_G_POOL_FREE ->
+    """Counter names in index order: LK_C_FRAMES_IN -> "frames_in", LK_C_POOL_FREE ->
     "pool_free" (the enum is the only list of names, so a new counter needs no Python)."""
     elements: dict[int, str] = ffi.typeof("enum lk_counter").elements
     names = []
     for value in range(lib.LK_C__COUNT):
         name = elements[value]
-        names.append(name.removeprefix("LK_C_").removeprefix("LK_G_").lower())
+        names.append(name.removeprefix("LK_C_").removeprefix("LK_C_").lower())
     return tuple(names)
 
 

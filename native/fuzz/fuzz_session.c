@@ -1,9 +1,9 @@
 /*
  * fuzz_session.c — libFuzzer harness for the relay core: the frame parser and
  * the connection state machine (session.c), output (output.c), routing,
- * duplicate keys, PeerGone, watchers and ClosePeer (routing.c), the
- * cross-worker rings (shard.c) and the timers (worker.c), fed arbitrary byte
- * streams split at arbitrary points.
+ * duplicate keys, PeerGone, watchers and ClosePeer (routing.c), connection
+ * lifecycle (conns.c), the cross-worker rings (shard.c), the message dispatcher
+ * and the timers (worker.c), fed arbitrary byte streams split at arbitrary points.
  *
  *   make build/fuzz/fuzz_session
  *   build/fuzz/fuzz_session -max_total_time=60 build/fuzz/corpus/session \
@@ -17,7 +17,7 @@
  * connection that the "kernel" still references).  Workers are real lk_worker
  * structs driven from this one thread: a "pass" drains a worker's rings and
  * flushes, as one loop iteration of lk_worker_main would.  worker.c is
- * #included for its static timer pass.
+ * #included for its static timer pass, drain and flush.
  *
  * Input layout:
  *   byte 0   bits 0-1 workers-1 (1..3; 3 = 3), bit 2 completion model,
@@ -54,7 +54,8 @@
  *     peer-table entry is free, gauges are zero, no watcher or dirty entry
  *     remains.
  */
-#include "relay/worker.c" /* NOLINT: the unity include gives access to run_timers() */
+#include "relay/worker.c" /* NOLINT: the unity include gives access to run_timers(),
+                             * drain() and flush_dirty() */
 
 #include <sodium.h>
 #include <stdio.h>
@@ -309,7 +310,7 @@ HARNESS static int fk_add_conn(lk_worker *w, lk_conn *c)
     rec *r = rec_of(c);
     CHECK(!r->closed);
     r->worker = w->index;
-    r->token = lk_core_conn_token(c);
+    r->token = lk_conn_token(c);
     r->transit = 0;
     if (completion_for(w)) {
         c->io_refs++; /* the recv that is always armed */
@@ -435,6 +436,12 @@ HARNESS static int fk_wait(lk_worker *w, int timeout_ms)
 
 HARNESS static void fk_wake(lk_worker *w) { (void)w; }
 
+HARNESS static void fk_discard_fd(lk_worker *w, int fd)
+{
+    (void)w;
+    (void)fd; /* no real descriptor behind it */
+}
+
 static const lk_io_ops fake_io = {
     .name = "fuzz",
     .init = fk_init,
@@ -445,6 +452,7 @@ static const lk_io_ops fake_io = {
     .close_conn = fk_close_conn,
     .wait = fk_wait,
     .wake = fk_wake,
+    .discard_fd = fk_discard_fd,
 };
 
 /* ---- the relay ----------------------------------------------------------------------- */
@@ -475,12 +483,15 @@ HARNESS static lk_relay *make_relay(uint32_t n_workers)
     CHECK(lk_shard_init(r) == LK_OK);
     r->workers = calloc(r->n_threads, sizeof *r->workers);
     CHECK(r->workers);
-    for (uint32_t i = 0; i < n_workers; i++)
+    for (uint32_t i = 0; i < n_workers; i++) {
         CHECK(lk_worker_init(&r->workers[i], r, i) == LK_OK);
+        CHECK(r->workers[i].io->init(&r->workers[i]) == LK_OK); /* its thread would */
+    }
     /* the acceptor: initialised as a data worker so it gets the fake backend too,
      * then made the acceptor it is in the relay (readiness model, like epoll) */
     r->n_workers = n_workers + 1;
     CHECK(lk_worker_init(&r->workers[n_workers], r, n_workers) == LK_OK);
+    CHECK(r->workers[n_workers].io->init(&r->workers[n_workers]) == LK_OK);
     r->n_workers = n_workers;
     r->workers[n_workers].acceptor = 1;
     return r;
@@ -495,7 +506,7 @@ HARNESS static void set_now(void)
 HARNESS static void end_of_pass(void)
 {
     for (uint32_t i = 0; i < R->n_threads; i++)
-        lk_out_flush_dirty(&R->workers[i]);
+        flush_dirty(&R->workers[i]);
     for (uint32_t i = 0; i < R->n_threads; i++)
         lk_shard_flush(&R->workers[i]);
 }
@@ -509,7 +520,7 @@ HARNESS static void reap_closed(lk_worker *w)
         rec *r = &recs[i];
         if (!r->closed || r->worker != w->index)
             continue;
-        lk_conn *c = lk_core_conn_from_token(w, r->token);
+        lk_conn *c = lk_conn_from_token(w, r->token);
         if (!c)
             continue;
         CHECK(c->state == LK_CS_CLOSING);
@@ -532,9 +543,9 @@ HARNESS static void reap_closed(lk_worker *w)
 
 HARNESS static void pass(lk_worker *w)
 {
-    lk_shard_drain(w);
+    drain(w);
     reap_closed(w);
-    lk_out_flush_dirty(w);
+    flush_dirty(w);
     lk_shard_flush(w);
 }
 
@@ -568,8 +579,8 @@ HARNESS static void check_gauges(void)
                 CHECK(c->peer && c->peer->n_conns > 0 && c->peer->active &&
                       lk_conn_alive(c->peer->active));
         }
-        CHECK(w->stats.c[LK_G_QUEUE_DEPTH] == queued);
-        CHECK(w->stats.c[LK_G_CONNS_CURRENT] == live);
+        CHECK(w->stats.c[LK_C_QUEUE_DEPTH] == queued);
+        CHECK(w->stats.c[LK_C_CONNS_CURRENT] == live);
         for (lk_conn *wt = w->watchers; wt; wt = wt->watch_next)
             CHECK(wt->state == LK_CS_STEADY && wt->mesh);
     }
@@ -586,10 +597,10 @@ HARNESS static void check_quiescent(void)
         CHECK(w->peers.n_free == w->peers.n_entries);
         for (uint32_t b = 0; b <= w->peers.mask; b++)
             CHECK(w->peers.buckets[b] == NULL);
-        CHECK(w->stats.c[LK_G_CONNS_CURRENT] == 0);
-        CHECK(w->stats.c[LK_G_QUEUE_DEPTH] == 0);
+        CHECK(w->stats.c[LK_C_CONNS_CURRENT] == 0);
+        CHECK(w->stats.c[LK_C_QUEUE_DEPTH] == 0);
         for (uint32_t b = 0; b < LK_XBUCKETS; b++)
-            CHECK(w->pool.xinflight[b] == 0); /* every cross-worker packet came home */
+            CHECK(w->route.xinflight[b] == 0); /* every cross-worker packet came home */
         for (uint32_t s = 0; s < w->max_conns; s++) {
             lk_conn *c = &w->conns[s];
             CHECK(c->state == LK_CS_FREE && !c->dirty && c->io_refs == 0);
@@ -629,7 +640,7 @@ HARNESS static lk_conn *live_conn(rec *r)
 {
     if (r->closed || r->transit)
         return NULL;
-    lk_conn *c = lk_core_conn_from_token(&R->workers[r->worker], r->token);
+    lk_conn *c = lk_conn_from_token(&R->workers[r->worker], r->token);
     return c && lk_conn_alive(c) ? c : NULL;
 }
 
@@ -678,7 +689,7 @@ HARNESS static void writable(rec *r, uint32_t budget, int fail)
     if (r->closed || r->transit)
         return;
     lk_worker *w = &R->workers[r->worker];
-    lk_conn *c = lk_core_conn_from_token(w, r->token);
+    lk_conn *c = lk_conn_from_token(w, r->token);
     if (!c || !lk_conn_alive(c))
         return;
     if (!completion_for(w)) {
@@ -718,7 +729,7 @@ HARNESS static void writable(rec *r, uint32_t budget, int fail)
     check_output(r, snap, k);
     free(snap);
     lk_core_sent(w, c, k);
-    if (lk_conn_alive(c) && lk_out_pending(c))
+    if (lk_conn_alive(c))
         fk_send_start(w, c);
 }
 
@@ -728,8 +739,10 @@ HARNESS static void advance(uint64_t ns)
     set_now();
     for (uint32_t i = 0; i < R->n_threads; i++) {
         lk_worker *w = &R->workers[i];
-        if (w->now >= w->next_due)
+        if (w->now >= w->next_due) {
             run_timers(w);
+            lk_conns_reap(w);
+        }
     }
 }
 
@@ -760,7 +773,7 @@ HARNESS static void adopt(rec *r, int idx, int key, int mesh, int prober)
     uint32_t owner = lk_shard_owner(R, h->key);
     r->worker = owner;
     r->transit = 1;
-    lk_session_adopt(&R->workers[owner], h);
+    lk_conns_adopt(&R->workers[owner], h);
 }
 
 HARNESS static void accept_fresh(rec *r, int idx, int key, int variant, int fast)
@@ -774,7 +787,7 @@ HARNESS static void accept_fresh(rec *r, int idx, int key, int variant, int fast
     in->sin_addr.s_addr = htonl(0x7f000001);
     r->fresh = 1;
     r->worker = acc->index;
-    lk_core_accepted(acc, FD_BASE + idx, &ss);
+    CHECK(lk_core_accepted(acc, FD_BASE + idx, &ss) == 0 || acc->n_free == 0);
     if (variant < 3) {
         r->mesh = variant == 1;
         append(r, prefix[key][variant][fast], prefix_len[key][variant][fast]);

@@ -24,32 +24,163 @@ enum lk_error {
     LK_ERR_TLS = -3,       /* certificate, key or OpenSSL set-up failed */
     LK_ERR_UNSUPPORTED = -4, /* the kernel cannot honour a requested switch */
     LK_ERR_NOMEM = -5,     /* a start-up pool could not be allocated */
-    LK_ERR_BUSY = -6,      /* a relay already runs in this process */
+    LK_ERR_BUSY = -6,      /* a relay (or load generator) already runs in this process */
     LK_ERR_CONNECT = -7,   /* load generator: target unreachable / handshake failed */
+    LK_ERR_RETRY = -8,     /* counters: the writer kept changing them; read again */
 };
 
 /* Short fixed text for an lk_error code. */
 const char *lk_strerror(int err);
-/* Detail of the most recent failure in this process ("" if none). */
+/* Detail of the most recent failure on the calling thread ("" if none).  Each
+ * thread has its own: read it on the thread whose call failed. */
 const char *lk_last_error(void);
+
+/* ---- the contract: switches, limits, counters --------------------------------
+ * Each table below is the one declaration of its rows.  The relay's validation,
+ * its counters and the Python side (config, CLI, dashboard, test matrix, plots;
+ * through cffi) all read them, so a row added here appears everywhere. */
+
+#define LK_MAX_WORKERS 64
+
+/* Backends a switch applies to (bits). */
+enum lk_backend { LK_BK_EPOLL = 1, LK_BK_URING = 2 };
+
+/* Optimisation switches, one bit each, so an experiment can toggle one alone.
+ * X(ID, backends, epoll default, uring default, requires (LK_SW_* bits, or 0),
+ *   why it requires them, what it needs from the kernel, what it does) */
+#define LK_SWITCH_TABLE(X)                                                                 \
+    X(BATCH, LK_BK_URING, 0, 1, 0, "", "",                                                 \
+      "submissions of a loop pass go in with its wait: one io_uring_enter per pass")     \
+    X(MULTISHOT, LK_BK_URING, 0, 1, LK_SW_PROVIDED_BUFFERS,                                \
+      "the kernel picks a buffer for each completion", "Linux 6.0 (multishot recv)",      \
+      "one multishot recv per connection, re-armed only when it ends")                   \
+    X(PROVIDED_BUFFERS, LK_BK_URING, 0, 1, 0, "", "Linux 5.19 (io_uring_register_buf_ring)",\
+      "receives land in a shared ring of provided buffers, not a buffer per connection")  \
+    X(COALESCE, LK_BK_EPOLL | LK_BK_URING, 0, 1, 0, "", "",                                \
+      "all queued frames for a client leave in one vectored send, not one send per frame")\
+    X(SQPOLL, LK_BK_URING, 0, 0, 0, "", "Linux 5.11 (IORING_SETUP_SQPOLL)",                \
+      "a kernel thread polls the submission queue (it spins while busy)")                \
+    X(DEFER_TASKRUN, LK_BK_URING, 0, 0, 0, "", "Linux 6.1 (IORING_SETUP_DEFER_TASKRUN)",   \
+      "completion work runs only when the worker waits")                                 \
+    X(SINGLE_ISSUER, LK_BK_URING, 0, 0, 0, "", "Linux 6.0 (IORING_SETUP_SINGLE_ISSUER)",   \
+      "the kernel may assume one thread submits")
+
+#define LK_SWITCH_ENUM_(ID, ...) LK_SWI_##ID,
+enum lk_switch_index { LK_SWITCH_TABLE(LK_SWITCH_ENUM_) LK_SWITCH__COUNT };
+#define LK_SWITCH_BIT_(ID, ...) LK_SW_##ID = 1u << LK_SWI_##ID,
+enum lk_switch { LK_SWITCH_TABLE(LK_SWITCH_BIT_) };
+
+typedef struct lk_switch_info {
+    const char *name;          /* "multishot": the config field and the CLI flag */
+    uint32_t bit;              /* LK_SW_* */
+    uint32_t backends;         /* LK_BK_* bits */
+    int default_on[2];         /* per backend: [epoll, uring] */
+    uint32_t requires;         /* LK_SW_* bits that must be on with it */
+    const char *requires_why;
+    const char *kernel;        /* what it needs from the kernel ("" nothing special) */
+    const char *help;
+} lk_switch_info;
+
+/* Integer config fields with a range.
+ * X(field, minimum, maximum, default, unit, what it is) */
+#define LK_LIMIT_TABLE(X)                                                                  \
+    X(workers, 1, LK_MAX_WORKERS, 1, "threads", "data worker threads, one shard each")    \
+    X(queue_depth, 1, 65536, 32, "packets", "per-destination queue length, each of 2")     \
+    X(max_conns, 1, 1048576, 4096, "connections", "connection slots per worker")          \
+    X(pool_packets, 64, 4294967295u, 16384, "buffers", "packet buffers per worker")
+
+#define LK_LIMIT_ENUM_(FIELD, ...) LK_LIMIT_##FIELD,
+enum lk_limit_index { LK_LIMIT_TABLE(LK_LIMIT_ENUM_) LK_LIMIT__COUNT };
+
+typedef struct lk_limit_info {
+    const char *name;
+    uint32_t min, max, default_value;
+    const char *unit;
+    const char *help;
+} lk_limit_info;
+
+/* Counters only grow; gauges go up and down (a gauge's `max` variant is a
+ * high-water mark: summed over workers it is their maximum, not their sum).
+ * X(ID, kind, group, unit, what it counts).  Append new rows at the end: the
+ * shared-memory layout is a hash of this table, and readers refuse another. */
+enum lk_counter_kind { LK_KIND_COUNTER = 0, LK_KIND_GAUGE = 1, LK_KIND_HIGH_WATER = 2 };
+
+#define LK_COUNTER_TABLE(X)                                                                \
+    X(LOOP_PASSES, COUNTER, "loop", "passes", "event-loop passes")                         \
+    X(FRAMES_IN, COUNTER, "traffic", "frames", "DERP frames received")                     \
+    X(FRAMES_OUT, COUNTER, "traffic", "frames", "DERP frames sent")                        \
+    X(BYTES_IN, COUNTER, "traffic", "bytes",                                               \
+      "bytes received by the socket calls (user TLS: ciphertext; kTLS: plaintext)")       \
+    X(BYTES_OUT, COUNTER, "traffic", "bytes", "bytes handed to send calls (likewise)")     \
+    X(PACKETS_IN, COUNTER, "traffic", "packets", "SendPacket / ForwardPacket accepted")    \
+    X(PACKETS_FORWARDED, COUNTER, "traffic", "packets", "RecvPacket frames written")       \
+    X(PACKET_BYTES_FORWARDED, COUNTER, "traffic", "bytes", "packet payload bytes written") \
+    X(DROP_UNKNOWN_DEST, COUNTER, "drop", "packets", "no such destination")                \
+    X(DROP_QUEUE_HEAD, COUNTER, "drop", "packets", "oldest packet of a full queue")        \
+    X(DROP_QUEUE_TAIL, COUNTER, "drop", "packets", "refused: the way to its worker is full")\
+    X(DROP_GONE, COUNTER, "drop", "packets", "queued for a connection that then closed")   \
+    X(DROP_POOL_EMPTY, COUNTER, "drop", "packets", "no free packet buffer")                \
+    X(DROP_INACTIVE_DUP, COUNTER, "drop", "packets", "to an inactive duplicate connection")\
+    X(CONNS_ACCEPTED, COUNTER, "conn", "connections", "accepted")                          \
+    X(CONNS_HANDSHAKED, COUNTER, "conn", "connections", "completed the DERP handshake")    \
+    X(CONNS_CLOSED, COUNTER, "conn", "connections", "closed, for any reason")              \
+    X(CLOSE_PROTOCOL, COUNTER, "close", "connections", "malformed frame or bad length")    \
+    X(CLOSE_HANDSHAKE, COUNTER, "close", "connections", "bad ClientInfo, box, JSON or key")\
+    X(CLOSE_TIMEOUT, COUNTER, "close", "connections", "handshake deadline")                \
+    X(CLOSE_WRITE_TIMEOUT, COUNTER, "close", "connections", "write deadline or backlog")  \
+    X(CLOSE_PEER, COUNTER, "close", "connections", "EOF or reset by the peer")             \
+    X(CLOSE_MESH_DENIED, COUNTER, "close", "connections", "mesh frame without mesh key")   \
+    X(CLOSE_TLS, COUNTER, "close", "connections", "TLS handshake or record error")         \
+    X(CLOSE_HTTP, COUNTER, "close", "connections", "non-upgrade request answered")         \
+    X(PINGS, COUNTER, "control", "frames", "Ping frames received")                         \
+    X(KEEPALIVES, COUNTER, "control", "frames", "KeepAlive frames sent")                   \
+    X(PEERGONE_SENT, COUNTER, "control", "frames", "PeerGone frames sent")                 \
+    X(NOTHERE_SENT, COUNTER, "control", "frames", "PeerGone(NotHere) frames sent")         \
+    X(UNKNOWN_FRAMES, COUNTER, "control", "frames", "frames of unknown type, skipped")     \
+    X(SYS_READ, COUNTER, "syscall", "calls", "read/recv/recvmsg issued directly")          \
+    X(SYS_WRITE, COUNTER, "syscall", "calls", "write/send")                                \
+    X(SYS_WRITEV, COUNTER, "syscall", "calls", "writev/sendmsg")                           \
+    X(SYS_EPOLL_WAIT, COUNTER, "syscall", "calls", "epoll_wait")                           \
+    X(SYS_EPOLL_CTL, COUNTER, "syscall", "calls", "epoll_ctl")                             \
+    X(SYS_IO_URING_ENTER, COUNTER, "syscall", "calls", "io_uring_enter")                   \
+    X(SYS_ACCEPT, COUNTER, "syscall", "calls", "accept4")                                  \
+    X(SYS_CLOSE, COUNTER, "syscall", "calls", "close")                                     \
+    X(SYS_OTHER, COUNTER, "syscall", "calls", "setsockopt, eventfd writes, getrandom, ...")\
+    X(SQES_SUBMITTED, COUNTER, "uring", "SQEs", "io_uring submissions prepared")           \
+    X(CQES_REAPED, COUNTER, "uring", "CQEs", "io_uring completions handled")               \
+    X(XSHARD_SENT, COUNTER, "xshard", "packets", "pushed to another worker's ring")        \
+    X(XSHARD_RECEIVED, COUNTER, "xshard", "packets", "taken from another worker's ring")   \
+    X(XSHARD_WAKEUPS, COUNTER, "xshard", "wake-ups", "sleeping workers woken")             \
+    X(LOAD_SENT, COUNTER, "load", "packets", "load generator: packets sent")               \
+    X(LOAD_RECEIVED, COUNTER, "load", "packets", "load generator: packets received")       \
+    X(LOAD_BYTES_RECEIVED, COUNTER, "load", "bytes", "load generator: payload received")   \
+    X(CONNS_CURRENT, GAUGE, "conn", "connections", "open now")                             \
+    X(QUEUE_DEPTH, GAUGE, "queue", "packets", "queued across this worker's connections")   \
+    X(QUEUE_DEPTH_MAX, HIGH_WATER, "queue", "packets", "highest queue_depth seen")         \
+    X(POOL_FREE, GAUGE, "pool", "buffers", "free packet buffers")                          \
+    X(CONNS_KTLS, COUNTER, "conn", "connections", "whose TLS records the kernel took over")\
+    X(POOL_SIZE, GAUGE, "pool", "buffers",                                                 \
+      "buffers the pool holds in all (idle: pool_free == pool_size, so a leak shows)")
+
+#define LK_COUNTER_ENUM_(ID, ...) LK_C_##ID,
+enum lk_counter { LK_COUNTER_TABLE(LK_COUNTER_ENUM_) LK_C__COUNT };
+
+typedef struct lk_counter_info {
+    const char *name;          /* "packets_forwarded" */
+    int kind;                  /* enum lk_counter_kind */
+    const char *group;         /* "traffic", "drop", "close", "syscall", ... */
+    const char *unit;
+    const char *help;
+} lk_counter_info;
+
+extern const lk_switch_info lk_switches[LK_SWITCH__COUNT];
+extern const lk_limit_info lk_limits[LK_LIMIT__COUNT];
+extern const lk_counter_info lk_counters[LK_C__COUNT];
 
 /* ---- relay configuration -------------------------------------------------- */
 
 enum lk_io { LK_IO_EPOLL = 0, LK_IO_URING = 1 };
 enum lk_tls { LK_TLS_OFF = 0, LK_TLS_USER = 1, LK_TLS_KTLS = 2 };
-
-/* Each optimisation is its own bit, so an experiment can toggle one alone. */
-enum lk_switch {
-    LK_SW_BATCH = 1,            /* uring: one io_uring_enter per loop pass */
-    LK_SW_MULTISHOT = 2,        /* uring: multishot recv */
-    LK_SW_PROVIDED_BUFFERS = 4, /* uring: provided buffer ring */
-    LK_SW_COALESCE = 8,         /* both: queued frames leave in one send */
-    LK_SW_SQPOLL = 16,          /* uring: kernel SQ polling thread */
-    LK_SW_DEFER_TASKRUN = 32,   /* uring: IORING_SETUP_DEFER_TASKRUN */
-    LK_SW_SINGLE_ISSUER = 64,   /* uring: IORING_SETUP_SINGLE_ISSUER */
-    LK_SW_PIN_CPUS = 128,       /* pin worker i to CPU (i mod ncpu) */
-    LK_SW_ROUND_ROBIN = 256,    /* assign connections round-robin, not by key hash */
-};
 
 typedef struct lk_relay_config {
     int listen_fd;            /* bound + listening TCP socket, made by the host */
@@ -57,7 +188,8 @@ typedef struct lk_relay_config {
     int io;                   /* enum lk_io */
     int tls;                  /* enum lk_tls */
     int workers;              /* 1 .. LK_MAX_WORKERS */
-    uint32_t switches;        /* enum lk_switch bits */
+    uint32_t switches;        /* LK_SW_* bits (LK_SWITCH_TABLE) */
+    int pin_cpus;             /* pin worker i to CPU (i mod ncpu) */
     const char *cert_file;    /* PEM, TLS modes only */
     const char *key_file;     /* PEM, TLS modes only */
     uint8_t private_key[32];  /* relay node key (Curve25519, clamped) */
@@ -67,13 +199,20 @@ typedef struct lk_relay_config {
     uint32_t handshake_timeout_ms; /* ServerKey write + ClientInfo read deadline (10 000) */
     uint32_t write_timeout_ms;     /* per-destination write deadline (2 000; 0 = none) */
     uint32_t keepalive_ms;         /* KeepAlive period (60 000), plus jitter in [0, 5 s) */
-    uint32_t queue_depth;          /* per-destination queue length, each of 2 (32) */
-    uint32_t max_conns;            /* connection slots per worker (pool size) */
-    uint32_t pool_packets;         /* packet buffers per worker (pool size) */
+    uint32_t queue_depth;          /* LK_LIMIT_TABLE: per-destination queue, each of 2 */
+    uint32_t max_conns;            /* LK_LIMIT_TABLE: connection slots per worker */
+    uint32_t pool_packets;         /* LK_LIMIT_TABLE: packet buffers per worker */
 } lk_relay_config;
 
-/* Fill a config with derper-like defaults (fds -1, epoll, TLS off, 1 worker). */
+/* Fill a config with derper-like defaults (fds -1, epoll, TLS off, the
+ * LK_LIMIT_TABLE defaults, no switches). */
 void lk_relay_config_defaults(lk_relay_config *cfg);
+/* Check every value of cfg against the contract (limits, the switches' backends
+ * and their requirements), without touching its descriptors.  LK_OK, or
+ * LK_ERR_CONFIG with lk_last_error() holding one line per problem:
+ * "FIELD<TAB>WHAT IS WRONG<TAB>WHAT TO DO", where the fix names fields as
+ * {field} or {field=value} (labkit/problems.py renders both forms). */
+int lk_relay_config_check(const lk_relay_config *cfg);
 
 /* Run the relay until lk_relay_stop(); blocks.  Returns LK_OK after a clean
  * stop or an lk_error (then lk_last_error() says what to change). */
@@ -90,77 +229,18 @@ void lk_relay_stop(void);
  * in another process gets consistent snapshots without asking the relay.
  */
 #define LK_SHM_MAGIC 1279476564
-#define LK_SHM_LAYOUT 4
-#define LK_MAX_WORKERS 64
 #define LK_MAX_COUNTERS 96
 #define LK_HIST_BUCKETS 16
 
-/* Counters (LK_C_*) only grow; gauges (LK_G_*) go up and down.  Append new
- * names at the end and bump LK_SHM_LAYOUT: readers refuse a mismatch. */
-enum lk_counter {
-    LK_C_LOOP_PASSES = 0,
-    LK_C_FRAMES_IN,
-    LK_C_FRAMES_OUT,
-    LK_C_BYTES_IN,             /* bytes received by the relay's socket calls (user TLS:
-                                  ciphertext; kTLS: plaintext the kernel decrypted) */
-    LK_C_BYTES_OUT,            /* bytes handed to send calls (likewise) */
-    LK_C_PACKETS_IN,           /* SendPacket / ForwardPacket frames accepted */
-    LK_C_PACKETS_FORWARDED,    /* RecvPacket frames written to a receiver */
-    LK_C_PACKET_BYTES_FORWARDED, /* packet payload bytes in those RecvPackets */
-    LK_C_DROP_UNKNOWN_DEST,
-    LK_C_DROP_QUEUE_HEAD,
-    LK_C_DROP_QUEUE_TAIL,
-    LK_C_DROP_GONE,            /* queued for a connection that then closed */
-    LK_C_DROP_POOL_EMPTY,      /* no free packet buffer */
-    LK_C_DROP_INACTIVE_DUP,
-    LK_C_CONNS_ACCEPTED,
-    LK_C_CONNS_HANDSHAKED,
-    LK_C_CONNS_CLOSED,
-    LK_C_CLOSE_PROTOCOL,       /* malformed frame or bad length */
-    LK_C_CLOSE_HANDSHAKE,      /* bad ClientInfo / box / JSON / key */
-    LK_C_CLOSE_TIMEOUT,        /* handshake deadline */
-    LK_C_CLOSE_WRITE_TIMEOUT,
-    LK_C_CLOSE_PEER,           /* EOF or reset by the peer */
-    LK_C_CLOSE_MESH_DENIED,    /* mesh-only frame without the mesh key */
-    LK_C_CLOSE_TLS,            /* TLS handshake or record error */
-    LK_C_CLOSE_HTTP,           /* non-upgrade HTTP request answered and closed */
-    LK_C_PINGS,
-    LK_C_KEEPALIVES,
-    LK_C_PEERGONE_SENT,
-    LK_C_NOTHERE_SENT,
-    LK_C_UNKNOWN_FRAMES,
-    LK_C_SYS_READ,             /* read/recv/recvmsg issued directly */
-    LK_C_SYS_WRITE,            /* write/send */
-    LK_C_SYS_WRITEV,           /* writev/sendmsg */
-    LK_C_SYS_EPOLL_WAIT,
-    LK_C_SYS_EPOLL_CTL,
-    LK_C_SYS_IO_URING_ENTER,
-    LK_C_SYS_ACCEPT,
-    LK_C_SYS_CLOSE,
-    LK_C_SYS_OTHER,            /* setsockopt, eventfd writes, timer reads, … */
-    LK_C_SQES_SUBMITTED,
-    LK_C_CQES_REAPED,
-    LK_C_XSHARD_SENT,          /* packets pushed to another worker's ring */
-    LK_C_XSHARD_RECEIVED,
-    LK_C_XSHARD_WAKEUPS,
-    LK_C_LOAD_SENT,            /* load generator: packets sent */
-    LK_C_LOAD_RECEIVED,        /* load generator: packets received */
-    LK_C_LOAD_BYTES_RECEIVED,  /* load generator: payload bytes received */
-    LK_G_CONNS_CURRENT,
-    LK_G_QUEUE_DEPTH,          /* packets queued across this worker's conns */
-    LK_G_QUEUE_DEPTH_MAX,
-    LK_G_POOL_FREE,
-    LK_C_CONNS_KTLS,           /* connections whose TLS records the kernel took over */
-    LK_G_POOL_SIZE,            /* buffers the worker's pool holds in all; an idle relay
-                                  has pool_free == pool_size, so a leak shows */
-    LK_C__COUNT
-};
+/* The counter table's fingerprint (names and kinds, in order): the relay puts it
+ * in its region's header, and a reader built from another table refuses it. */
+uint32_t lk_counters_layout(void);
 
 enum lk_shm_role { LK_ROLE_RELAY = 1, LK_ROLE_LOAD = 2 };
 
 typedef struct lk_shm_header {
     uint32_t magic;           /* LK_SHM_MAGIC */
-    uint32_t layout;          /* LK_SHM_LAYOUT */
+    uint32_t layout;          /* lk_counters_layout() of the writer */
     uint32_t header_size;     /* sizeof(lk_shm_header) */
     uint32_t worker_size;     /* sizeof(lk_worker_counters) */
     uint32_t n_workers;

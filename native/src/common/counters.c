@@ -52,7 +52,7 @@ int lk_shm_create(lk_shm *shm, const char *name, uint32_t n_workers, uint32_t ro
     h->role = role;
     h->pid = getpid();
     h->start_ns = lk_now_ns();
-    h->layout = LK_SHM_LAYOUT;
+    h->layout = lk_counters_layout();
     /* magic last: a reader that sees it sees a complete header */
     __atomic_store_n(&h->magic, (uint32_t)LK_SHM_MAGIC, __ATOMIC_RELEASE);
     return LK_OK;
@@ -103,12 +103,13 @@ int lk_counters_check(const void *base, size_t len)
         return lk_fail(LK_ERR_CONFIG, "counter region is %zu bytes, smaller than its header", len);
     if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != LK_SHM_MAGIC)
         return lk_fail(LK_ERR_CONFIG, "not a labkit counter region (bad magic)");
-    if (h->layout != LK_SHM_LAYOUT || h->header_size != sizeof(lk_shm_header) ||
+    if (h->layout != lk_counters_layout() || h->header_size != sizeof(lk_shm_header) ||
         h->worker_size != sizeof(lk_worker_counters) || h->n_counters != LK_C__COUNT)
         return lk_fail(LK_ERR_CONFIG,
-                       "counter layout %u (%u counters) was written by a different build than this "
-                       "reader (layout %u, %u counters): rebuild labkit and restart the relay",
-                       h->layout, h->n_counters, LK_SHM_LAYOUT, (unsigned)LK_C__COUNT);
+                       "counter layout %08x (%u counters) was written by a different build than "
+                       "this reader (layout %08x, %u counters): rebuild labkit and restart the "
+                       "relay", h->layout, h->n_counters, lk_counters_layout(),
+                       (unsigned)LK_C__COUNT);
     if (h->n_workers > LK_MAX_WORKERS || len < region_size(h->n_workers))
         return lk_fail(LK_ERR_CONFIG, "counter region too short for %u workers", h->n_workers);
     return LK_OK;
@@ -139,5 +140,5 @@ int lk_counters_read(const void *base, size_t len, uint32_t w, lk_worker_counter
             return LK_OK;
         }
     }
-    return lk_fail(LK_ERR_BUSY, "worker %u counters kept changing during 10000 read attempts", w);
+    return lk_fail(LK_ERR_RETRY, "worker %u counters kept changing during 10000 read attempts", w);
 }

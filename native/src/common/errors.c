@@ -1,10 +1,13 @@
-/* errors.c — error codes to text, and the per-process failure detail. */
+/* errors.c — error codes to text, and each thread's failure detail. */
 #include <stdarg.h>
 #include <stdio.h>
 
 #include "common/common.h"
 
-static char last_error[512];
+/* Per thread: relay workers, the relay host's run thread and a sampler reading
+ * counters in the same process each keep their own, so one never reads (or
+ * overwrites) another's detail. */
+static _Thread_local char last_error[2048];
 
 const char *lk_strerror(int err)
 {
@@ -13,10 +16,11 @@ const char *lk_strerror(int err)
     case LK_ERR_CONFIG: return "invalid configuration";
     case LK_ERR_SYSTEM: return "system call failed";
     case LK_ERR_TLS: return "TLS set-up failed";
-    case LK_ERR_UNSUPPORTED: return "not supported on this machine";
+    case LK_ERR_UNSUPPORTED: return "not supported by this kernel";
     case LK_ERR_NOMEM: return "out of memory";
     case LK_ERR_BUSY: return "already running";
     case LK_ERR_CONNECT: return "connection failed";
+    case LK_ERR_RETRY: return "changing while read; try again";
     default: return "unknown error";
     }
 }

@@ -3,6 +3,8 @@
  * sends one frame per send() unless the `coalesce` switch gathers all queued
  * frames into one sendmsg().  Every syscall is counted by kind. */
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -11,7 +13,9 @@
 #include <unistd.h>
 
 #include "common/common.h"
-#include "relay/core.h"
+#include "io/io.h"
+#include "relay/worker.h"
+#include "tls/ktls.h"
 
 #define EP_EVENTS 256
 #define ACCEPT_BURST 64
@@ -67,7 +71,7 @@ static int ep_init(lk_worker *w)
 
 static int ep_add_conn(lk_worker *w, lk_conn *c)
 {
-    return ep_ctl(w, EPOLL_CTL_ADD, c->fd, EPOLLIN, lk_core_conn_token(c));
+    return ep_ctl(w, EPOLL_CTL_ADD, c->fd, EPOLLIN, lk_conn_token(c));
 }
 
 static void set_want_write(lk_worker *w, lk_conn *c, int want)
@@ -75,7 +79,7 @@ static void set_want_write(lk_worker *w, lk_conn *c, int want)
     if (c->send_busy == want)
         return;
     c->send_busy = (uint8_t)want;
-    ep_ctl(w, EPOLL_CTL_MOD, c->fd, want ? EPOLLIN | EPOLLOUT : EPOLLIN, lk_core_conn_token(c));
+    ep_ctl(w, EPOLL_CTL_MOD, c->fd, want ? EPOLLIN | EPOLLOUT : EPOLLIN, lk_conn_token(c));
 }
 
 /* Send until the socket is full or nothing is left. */
@@ -139,6 +143,27 @@ static void ep_close_conn(lk_worker *w, lk_conn *c)
     lk_core_release(w, c);
 }
 
+static void ep_discard_fd(lk_worker *w, int fd)
+{
+    LK_COUNT(w, SYS_CLOSE);
+    close(fd);
+}
+
+/* kTLS handshake on the acceptor: the records OpenSSL took leave the socket. */
+static int ep_ktls_consume(lk_worker *w, lk_conn *c, size_t n)
+{
+    int calls = lk_ktls_consume(c->fd, n, w->plain, LK_PLAIN_LEN);
+    LK_COUNT_N(w, SYS_READ, calls >= 0 ? (uint64_t)calls : 1);
+    return calls < 0 ? -1 : 0;
+}
+
+static int ep_ktls_install(lk_worker *w, lk_conn *c, const lk_ktls_secrets *s, char *why,
+                           size_t cap)
+{
+    LK_COUNT_N(w, SYS_OTHER, 3);  /* TCP_ULP, TLS_TX, TLS_RX */
+    return lk_ktls_install(c->fd, s->server, s->client, s->len, why, cap);
+}
+
 static void ep_accept(lk_worker *w)
 {
     for (int i = 0; i < ACCEPT_BURST; i++) {
@@ -153,7 +178,12 @@ static void ep_accept(lk_worker *w)
                        strerror(errno));
             return;
         }
-        lk_core_accepted(w, fd, &sa);
+        /* frames are small and latency matters: no Nagle delay */
+        int one = 1;
+        LK_COUNT(w, SYS_OTHER);
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (lk_core_accepted(w, fd, &sa) != 0)
+            ep_discard_fd(w, fd);  /* no free slot */
     }
 }
 
@@ -188,7 +218,7 @@ static int ep_wait(lk_worker *w, int timeout_ms)
             LK_COUNT(w, SYS_OTHER);
             (void)!read(s->wake_fd, &v, sizeof v);
         } else if (token != TOKEN_STOP) {
-            lk_conn *c = lk_core_conn_from_token(w, token);
+            lk_conn *c = lk_conn_from_token(w, token);
             if (c && lk_conn_alive(c) && (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)))
                 ep_readable(w, c);
             if (c && lk_conn_alive(c) && (ev & EPOLLOUT))
@@ -215,4 +245,7 @@ const lk_io_ops lk_io_epoll = {
     .close_conn = ep_close_conn,
     .wait = ep_wait,
     .wake = ep_wake,
+    .discard_fd = ep_discard_fd,
+    .ktls_consume = ep_ktls_consume,
+    .ktls_install = ep_ktls_install,
 };

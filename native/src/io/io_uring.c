@@ -22,7 +22,8 @@
 #include <unistd.h>
 
 #include "common/common.h"
-#include "relay/core.h"
+#include "io/io.h"
+#include "relay/worker.h"
 
 #define UR_ENTRIES 1024
 #define UR_PBUF_COUNT 64         /* power of two; small on purpose, see below */
@@ -386,8 +387,7 @@ static void on_send(lk_worker *w, lk_conn *c, struct io_uring_cqe *cqe)
         return;
     }
     lk_core_sent(w, c, (size_t)cqe->res);
-    if (lk_conn_alive(c) && lk_out_pending(c))
-        ur_flush(w, c);
+    ur_flush(w, c);  /* the next send, if the core has more for c */
 }
 
 static void dispatch(lk_worker *w, struct io_uring_cqe *cqe)
@@ -450,9 +450,9 @@ static int ur_wait(lk_worker *w, int timeout_ms)
             dispatch(w, cqe);
         reaped++;
     }
-    uint64_t budget_end = w->stats.c[LK_C_PACKETS_IN] + UR_PASS_BUDGET;
+    uint32_t admitted_before = w->admitted;
     uint32_t done = 0;
-    while (done < s->n_parked && w->stats.c[LK_C_PACKETS_IN] < budget_end)
+    while (done < s->n_parked && w->admitted - admitted_before < UR_PASS_BUDGET)
         dispatch(w, &s->parked[done++]);
     s->n_parked -= done;
     memmove(s->parked, s->parked + done, s->n_parked * sizeof *s->parked);
@@ -461,6 +461,12 @@ static int ur_wait(lk_worker *w, int timeout_ms)
     if (reaped)
         w->stats.completions_hist[lk_hist_bucket(reaped)]++;
     return 0;
+}
+
+static void ur_discard_fd(lk_worker *w, int fd)
+{
+    LK_COUNT(w, SYS_CLOSE);
+    close(fd);
 }
 
 static void ur_wake(lk_worker *w)
@@ -479,4 +485,8 @@ const lk_io_ops lk_io_uring = {
     .close_conn = ur_close_conn,
     .wait = ur_wait,
     .wake = ur_wake,
+    .discard_fd = ur_discard_fd,
+    /* data workers never run a TLS handshake: the acceptor (epoll) does */
+    .ktls_consume = NULL,
+    .ktls_install = NULL,
 };

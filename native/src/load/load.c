@@ -320,8 +320,8 @@ static int run(lk_load *l, lk_load_result *out)
         lk_load_thread *t = &l->threads[i];
         if (t->started)
             pthread_join(t->thread, NULL);
-        if (rc == LK_OK && t->result != LK_OK)
-            rc = t->result;
+        if (rc == LK_OK && t->result != LK_OK)  /* its detail, on this thread */
+            rc = lk_fail(t->result, "load thread %u: %s", i, t->error);
     }
     if (rc == LK_OK)
         report(l, window_end, out);

@@ -108,6 +108,7 @@ typedef struct lk_load_thread {
     pthread_t thread;
     int started;
     int result;                   /* LK_OK or the error that stopped this thread */
+    char error[512];              /* its detail: lk_last_error() is per thread */
     int epfd;
     int wake_fd;
     lk_load_conn **conns;

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -261,7 +262,8 @@ void *lk_load_thread_main(void *arg)
         LK_LCOUNT(t, LOOP_PASSES);
         t->now = lk_now_ns();
         if (n < 0 && errno != EINTR) {
-            t->result = lk_fail(LK_ERR_SYSTEM, "epoll_pwait2: %s", strerror(errno));
+            t->result = LK_ERR_SYSTEM;
+            snprintf(t->error, sizeof t->error, "epoll_pwait2: %s", strerror(errno));
             break;
         }
         for (int i = 0; i < n; i++) {

@@ -22,6 +22,7 @@ enum lk_conn_state {
     LK_CS_WAIT_CLIENT_INFO, /* ServerKey queued; the next frame must be ClientInfo */
     LK_CS_HANDOFF,          /* acceptor: handshaked, moving to its owning worker */
     LK_CS_STEADY,           /* registered, forwarding */
+    LK_CS_DOOMED,           /* marked for closing (lk_conn_doom); closed at the next reap */
     LK_CS_CLOSING,          /* torn down; the backend still holds it */
 };
 
@@ -42,7 +43,8 @@ typedef struct lk_conn {
     uint32_t slot;
     uint32_t gen;               /* bumped on reuse: stale backend events are ignored */
     int state;
-    int close_reason;           /* LK_C_CLOSE_* counter to bump when it closes */
+    int close_reason;           /* LK_C_CLOSE_* counter to bump when it closes (-1: none) */
+    struct lk_conn *doomed_next;  /* on the worker's doomed list */
     uint64_t id;                /* unique for the relay's life */
     struct lk_worker *worker;
 
@@ -111,11 +113,12 @@ typedef struct lk_conn {
     struct lk_conn *all_next, *all_prev;  /* every live conn, for timer scans */
 } lk_conn;
 
-/* False once closing started: a backend may release the slot at once (FREE),
- * so code that just ran a callback which can close checks this, not CLOSING. */
+/* False once closing started (doomed, closing or free): a backend may release the
+ * slot at once (FREE), so code that just ran a callback which can close checks
+ * this, not CLOSING. */
 static inline int lk_conn_alive(const lk_conn *c)
 {
-    return c->state != LK_CS_CLOSING && c->state != LK_CS_FREE;
+    return c->state != LK_CS_DOOMED && c->state != LK_CS_CLOSING && c->state != LK_CS_FREE;
 }
 
 #endif

@@ -7,7 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "relay/core.h"
+#include "relay/output.h"
+#include "relay/shard.h"
 #include "tls/tls.h"
 
 int lk_out_queues_init(lk_conn *c, uint32_t depth)
@@ -26,13 +27,23 @@ void lk_out_mark_dirty(lk_worker *w, lk_conn *c)
     w->dirty = c;
 }
 
+lk_conn *lk_out_next_dirty(lk_worker *w)
+{
+    lk_conn *c = w->dirty;
+    if (c) {
+        w->dirty = c->dirty_next;
+        c->dirty = 0;
+    }
+    return c;
+}
+
 int lk_out_http(lk_worker *w, lk_conn *c, const void *bytes, uint32_t len)
 {
     if (!lk_conn_alive(c))
         return -1;
     if (lk_bytes_append(&c->ctrl, bytes, len, c->iov_ctrl ? &c->ctrl_pinned : NULL) != 0) {
         /* a client that lets megabytes of control frames pile up is not reading */
-        lk_conn_close(w, c, LK_C_CLOSE_WRITE_TIMEOUT);
+        lk_conn_doom(w, c, LK_C_CLOSE_WRITE_TIMEOUT);
         return -1;
     }
     lk_out_mark_dirty(w, c);
@@ -57,41 +68,39 @@ static lk_pkt *q_pop(lk_pktq *q)
 
 /* A full queue is only an overload if the writer cannot take from it now:
  * one read can carry a burst for one receiver, and Go's concurrent writer
- * would drain meanwhile.  So flush first, then hand packets to the writer's
- * tx list while it has room, and drop only what neither can hold. */
+ * would drain meanwhile.  So hand packets to the writer's tx list while it has
+ * room, and drop only what neither can hold. */
 static void make_room(lk_worker *w, lk_conn *c, lk_pktq *q)
 {
-    w->io->flush(w, c);
     /* tx goes out before ctrl: while ctrl holds unsent bytes (ServerInfo not yet out,
      * or a frame cut by a partial send), a packet moved to tx would overtake it */
-    while (lk_conn_alive(c) && q->count == q->cap && c->tx_count < LK_TX_MAX &&
-           c->ctrl.len == c->ctrl.off) {
+    while (q->count == q->cap && c->tx_count < LK_TX_MAX && c->ctrl.len == c->ctrl.off) {
         c->tx[c->tx_count++] = q_pop(q);
-        w->stats.c[LK_G_QUEUE_DEPTH]--;
+        w->stats.c[LK_C_QUEUE_DEPTH]--;
     }
-    if (lk_conn_alive(c) && q->count == q->cap) {
+    if (q->count == q->cap) {
         /* head drop: the oldest packet is the least useful one (7.3) */
         lk_pkt_free(w, q_pop(q));
         LK_COUNT(w, DROP_QUEUE_HEAD);
-        w->stats.c[LK_G_QUEUE_DEPTH]--;
+        w->stats.c[LK_C_QUEUE_DEPTH]--;
     }
 }
 
 void lk_out_packet(lk_worker *w, lk_conn *c, lk_pkt *pkt)
 {
-    lk_pktq *q = pkt->disco ? &c->q_disco : &c->q_other;
-    if (q->count == q->cap)
-        make_room(w, c, q);
-    if (!lk_conn_alive(c)) {  /* flushing found the receiver gone */
+    if (!lk_conn_alive(c)) {  /* doomed since it was chosen as the receiver */
         lk_pkt_free(w, pkt);
         LK_COUNT(w, DROP_GONE);
         return;
     }
+    lk_pktq *q = pkt->disco ? &c->q_disco : &c->q_other;
+    if (q->count == q->cap)
+        make_room(w, c, q);
     q->slots[(q->head + q->count) % q->cap] = pkt;
     q->count++;
-    uint64_t depth = ++w->stats.c[LK_G_QUEUE_DEPTH];
-    if (depth > w->stats.c[LK_G_QUEUE_DEPTH_MAX])
-        w->stats.c[LK_G_QUEUE_DEPTH_MAX] = depth;
+    uint64_t depth = ++w->stats.c[LK_C_QUEUE_DEPTH];
+    if (depth > w->stats.c[LK_C_QUEUE_DEPTH_MAX])
+        w->stats.c[LK_C_QUEUE_DEPTH_MAX] = depth;
     lk_out_mark_dirty(w, c);
 }
 
@@ -112,7 +121,7 @@ void lk_out_release_all(lk_worker *w, lk_conn *c)
     while (c->q_other.count)
         lk_pkt_free(w, q_pop(&c->q_other));
     LK_COUNT_N(w, DROP_GONE, dropped);
-    w->stats.c[LK_G_QUEUE_DEPTH] -= dropped - c->tx_count;
+    w->stats.c[LK_C_QUEUE_DEPTH] -= dropped - c->tx_count;
     c->tx_count = c->tx_off = 0;
     free(c->ctrl.data);
     c->ctrl = (lk_bytes){0};
@@ -142,7 +151,7 @@ static int gather_plain(lk_worker *w, lk_conn *c, struct iovec *iov, int max)
     while (n < max && c->tx_count < LK_TX_MAX && (c->q_disco.count || c->q_other.count) &&
            c->tx_count == c->iov_pkts && c->iov_ctrl == 0) {
         lk_pkt *p = q_pop(c->q_disco.count ? &c->q_disco : &c->q_other);
-        w->stats.c[LK_G_QUEUE_DEPTH]--;
+        w->stats.c[LK_C_QUEUE_DEPTH]--;
         c->tx[c->tx_count++] = p;
         iov[n++] = (struct iovec){p->data, p->len};
         c->iov_pkts++;
@@ -213,13 +222,13 @@ static int gather_tls(lk_worker *w, lk_conn *c, struct iovec *iov, int max)
     return 1;
 }
 
-int lk_core_gather(lk_worker *w, lk_conn *c, struct iovec *iov, int max)
+int lk_out_gather(lk_worker *w, lk_conn *c, struct iovec *iov, int max)
 {
     if (!lk_conn_alive(c))
         return 0;
     int n = c->tls ? gather_tls(w, c, iov, max) : gather_plain(w, c, iov, max);
     if (n < 0) {
-        lk_conn_close(w, c, c->close_reason);
+        lk_conn_doom(w, c, c->close_reason);
         return 0;
     }
     if (n > 0 && !c->write_stalled_since && w->relay->cfg.write_timeout_ms) {
@@ -229,7 +238,7 @@ int lk_core_gather(lk_worker *w, lk_conn *c, struct iovec *iov, int max)
     return n;
 }
 
-void lk_core_sent(lk_worker *w, lk_conn *c, size_t n)
+void lk_out_sent(lk_worker *w, lk_conn *c, size_t n)
 {
     LK_COUNT_N(w, BYTES_OUT, n);
     if (c->tls) {
@@ -245,16 +254,5 @@ void lk_core_sent(lk_worker *w, lk_conn *c, size_t n)
     if (n > 0)
         c->write_stalled_since = pending ? w->now : 0;
     if (!pending && c->close_when_flushed)
-        lk_conn_close(w, c, LK_C_CLOSE_HTTP);
-}
-
-void lk_out_flush_dirty(lk_worker *w)
-{
-    while (w->dirty) {
-        lk_conn *c = w->dirty;
-        w->dirty = c->dirty_next;
-        c->dirty = 0;
-        if (lk_conn_alive(c))
-            w->io->flush(w, c);
-    }
+        lk_conn_doom(w, c, LK_C_CLOSE_HTTP);
 }

@@ -97,10 +97,10 @@ void lk_peers_remove(lk_peer_table *t, lk_peer *p)
     t->free_entries[t->n_free++] = (uint32_t)(p - t->entries);
 }
 
-int lk_peers_note_seen(lk_peer *p, uint32_t worker, uint64_t conn_id, lk_conn *conn)
+int lk_peers_note_seen(lk_peer *p, uint32_t worker, lk_conn_ref receiver)
 {
     for (uint32_t i = 0; i < p->n_seen; i++)
-        if (p->seen[i].conn_id == conn_id)
+        if (p->seen[i].receiver.id == receiver.id)
             return 0;
     if (p->n_seen == p->cap_seen) {
         /* grows once per new (source, receiver) pair, never per packet */
@@ -111,6 +111,6 @@ int lk_peers_note_seen(lk_peer *p, uint32_t worker, uint64_t conn_id, lk_conn *c
         p->seen = s;
         p->cap_seen = cap;
     }
-    p->seen[p->n_seen++] = (lk_seen){.conn_id = conn_id, .conn = conn, .worker = worker};
+    p->seen[p->n_seen++] = (lk_seen){.receiver = receiver, .worker = worker};
     return 0;
 }

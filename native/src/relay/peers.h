@@ -1,4 +1,4 @@
-/* peers.h — a worker's table of connected keys (derp-protocol.md 7.4, 7.5).
+/* peers.h — a worker's table of connected keys (docs/protocol.md §6.2, §5.6).
  *
  * One entry per key with at least one connection.  Connections sharing a key
  * (duplicates) hang off the entry; `active` is the one that receives.  `seen`
@@ -11,12 +11,12 @@
 #include <stdint.h>
 
 #include "relay/conn.h"
+#include "relay/xmsg.h"
 
-/* A connection that received from this key; it may live on another worker,
- * so it is only dereferenced by that worker (see routing.c). */
+/* A connection that received from this key; it may live on another worker, whose
+ * own table resolves the reference (see routing.c). */
 typedef struct lk_seen {
-    uint64_t conn_id;
-    lk_conn *conn;
+    lk_conn_ref receiver;
     uint32_t worker;
 } lk_seen;
 
@@ -49,7 +49,7 @@ lk_peer *lk_peers_find(const lk_peer_table *t, const uint8_t key[LK_KEY_LEN]);
 lk_peer *lk_peers_add(lk_peer_table *t, const uint8_t key[LK_KEY_LEN]);
 void lk_peers_remove(lk_peer_table *t, lk_peer *p);
 /* Record that a receiver got a packet from p (idempotent). 0 or -1 (no memory). */
-int lk_peers_note_seen(lk_peer *p, uint32_t worker, uint64_t conn_id, lk_conn *conn);
+int lk_peers_note_seen(lk_peer *p, uint32_t worker, lk_conn_ref receiver);
 
 #define lk_peers_foreach(t, p)                                                     \
     for (uint32_t lk_i_ = 0; lk_i_ <= (t)->mask; lk_i_++)                          \

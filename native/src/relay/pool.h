@@ -21,7 +21,7 @@ typedef struct lk_pkt {
     uint16_t owner;   /* worker whose pool it returns to */
     uint8_t large;    /* size class */
     uint8_t disco;    /* goes to the disco queue */
-    uint32_t xbucket; /* crossing workers: 1 + its destination's bucket in xinflight */
+    uint32_t xbucket; /* crossing workers: 1 + its destination's bucket (lk_route_state) */
     uint8_t data[];
 } lk_pkt;
 
@@ -33,13 +33,8 @@ typedef struct lk_pool_class {
     uint32_t n_free;
 } lk_pool_class;
 
-/* Buckets of destination keys (keyed hash) for counting this pool's packets that wait
- * on other workers, per destination: see lk_route_packet. */
-#define LK_XBUCKETS 4096
-
 typedef struct lk_pool {
     lk_pool_class small, large;
-    uint16_t xinflight[LK_XBUCKETS];
     uint16_t owner;
     int warned_empty;  /* said once on stderr that a class ran dry */
 } lk_pool;

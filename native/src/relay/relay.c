@@ -28,13 +28,13 @@ void lk_relay_config_defaults(lk_relay_config *cfg)
     cfg->ready_fd = -1;
     cfg->io = LK_IO_EPOLL;
     cfg->tls = LK_TLS_OFF;
-    cfg->workers = 1;
+    cfg->workers = (int)lk_limits[LK_LIMIT_workers].default_value;
     cfg->handshake_timeout_ms = 10000;
     cfg->write_timeout_ms = 2000;
     cfg->keepalive_ms = 60000;
-    cfg->queue_depth = 32;
-    cfg->max_conns = 4096;
-    cfg->pool_packets = 16384;
+    cfg->queue_depth = lk_limits[LK_LIMIT_queue_depth].default_value;
+    cfg->max_conns = lk_limits[LK_LIMIT_max_conns].default_value;
+    cfg->pool_packets = lk_limits[LK_LIMIT_pool_packets].default_value;
 }
 
 static int validate(const lk_relay_config *cfg)
@@ -43,29 +43,8 @@ static int validate(const lk_relay_config *cfg)
     socklen_t len = sizeof type;
     if (cfg->listen_fd < 0 || getsockopt(cfg->listen_fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 ||
         type != SOCK_STREAM)
-        return lk_fail(LK_ERR_CONFIG, "listen_fd %d is not a TCP socket", cfg->listen_fd);
-    if (cfg->io != LK_IO_EPOLL && cfg->io != LK_IO_URING)
-        return lk_fail(LK_ERR_CONFIG, "io must be epoll (0) or uring (1), not %d", cfg->io);
-    if (cfg->tls < LK_TLS_OFF || cfg->tls > LK_TLS_KTLS)
-        return lk_fail(LK_ERR_CONFIG, "tls must be off (0), user (1) or ktls (2), not %d", cfg->tls);
-    if (cfg->workers < 1 || cfg->workers > LK_MAX_WORKERS)
-        return lk_fail(LK_ERR_CONFIG, "workers must be 1..%d, not %d", LK_MAX_WORKERS, cfg->workers);
-    if (cfg->handshake_timeout_ms == 0 || cfg->keepalive_ms == 0)
-        return lk_fail(LK_ERR_CONFIG, "handshake_timeout and keepalive must be > 0");
-    if (cfg->queue_depth < 1 || cfg->queue_depth > 65536)
-        return lk_fail(LK_ERR_CONFIG, "queue_depth must be 1..65536, not %u", cfg->queue_depth);
-    if (cfg->max_conns < 1 || cfg->max_conns > (1u << 20))
-        return lk_fail(LK_ERR_CONFIG, "max_conns must be 1..1048576, not %u", cfg->max_conns);
-    if (cfg->pool_packets < 64)
-        return lk_fail(LK_ERR_CONFIG, "pool_packets must be at least 64, not %u", cfg->pool_packets);
-    if ((cfg->switches & LK_SW_MULTISHOT) && !(cfg->switches & LK_SW_PROVIDED_BUFFERS))
-        return lk_fail(LK_ERR_CONFIG, "multishot recv needs provided_buffers: the kernel picks "
-                                      "a buffer per completion");
-    uint32_t epoll_ok = LK_SW_COALESCE | LK_SW_PIN_CPUS | LK_SW_ROUND_ROBIN;
-    if (cfg->io == LK_IO_EPOLL && (cfg->switches & ~epoll_ok))
-        return lk_fail(LK_ERR_CONFIG, "switches 0x%x apply to io_uring only",
-                       cfg->switches & ~epoll_ok);
-    return LK_OK;
+        return lk_fail(LK_ERR_CONFIG, "listen_fd\tis %d, not a TCP socket\t", cfg->listen_fd);
+    return lk_relay_config_check(cfg);
 }
 
 /* Capabilities this build or this kernel does not have are refused, never ignored. */
@@ -73,21 +52,21 @@ static int check_supported(const lk_relay_config *cfg)
 {
     /* once per run, so a kernel without kTLS refuses the run with the reason
      * instead of failing every connection */
-    int rc = cfg->tls == LK_TLS_KTLS ? lk_ktls_probe() : LK_OK;
-    if (rc != LK_OK)
-        return rc;
-    if (cfg->switches & LK_SW_ROUND_ROBIN)
-        return lk_fail(LK_ERR_UNSUPPORTED, "round-robin assignment is not part of this build: "
-                                           "connections go to the worker owning their key");
-    return LK_OK;
+    return cfg->tls == LK_TLS_KTLS ? lk_ktls_probe() : LK_OK;
 }
 
-static void wait_all_started(lk_relay *r)
+/* Wait until every thread has set up its backend and published its counters; LK_OK,
+ * or the first set-up failure, its detail moved to this thread. */
+static int wait_all_started(lk_relay *r)
 {
     pthread_mutex_lock(&r->start_lock);
     while (r->started < r->n_threads)
         pthread_cond_wait(&r->started_cond, &r->start_lock);
     pthread_mutex_unlock(&r->start_lock);
+    for (uint32_t i = 0; i < r->n_threads; i++)
+        if (r->workers[i].result != LK_OK)
+            return lk_fail(r->workers[i].result, "%s", r->workers[i].error);
+    return LK_OK;
 }
 
 static void teardown(lk_relay *r)
@@ -166,7 +145,7 @@ int lk_relay_run(const lk_relay_config *cfg)
             r->workers[i].thread_started = 1;
     }
     if (rc == LK_OK)
-        wait_all_started(r);
+        rc = wait_all_started(r);
     if (rc == LK_OK && cfg->ready_fd >= 0)
         (void)!write(cfg->ready_fd, "ready\n", 6);
     if (rc != LK_OK)
@@ -174,8 +153,8 @@ int lk_relay_run(const lk_relay_config *cfg)
     for (uint32_t i = 0; r->workers && i < r->n_threads; i++) {
         if (r->workers[i].thread_started)
             pthread_join(r->workers[i].thread, NULL);
-        if (rc == LK_OK && r->workers[i].result != LK_OK)
-            rc = r->workers[i].result;
+        if (rc == LK_OK && r->workers[i].result != LK_OK)  /* its detail, on this thread */
+            rc = lk_fail(r->workers[i].result, "worker %u: %s", i, r->workers[i].error);
     }
     teardown(r);
     return rc;

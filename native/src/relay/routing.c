@@ -1,12 +1,10 @@
 /* routing.c — who receives what: registration, duplicate keys, forwarding,
- * PeerGone (to earlier receivers and watchers), NotHere, mesh watchers.
- *
- * Every key is owned by one worker (lk_shard_owner); all connections of a key
- * live there, so duplicate-key rules stay local.  What concerns a key owned
- * elsewhere is sent to its owner as a message (shard.h). */
+ * PeerGone (to earlier receivers and to watchers), NotHere, mesh watchers,
+ * ClosePeer.  See routing.h; the protocol rules are docs/protocol.md §5–§6. */
 #include <string.h>
 
-#include "relay/core.h"
+#include "relay/output.h"
+#include "relay/routing.h"
 #include "relay/shard.h"
 
 /* ---- frames to a client ------------------------------------------------- */
@@ -22,41 +20,40 @@ static void send_peer_gone(lk_worker *w, lk_conn *to, const uint8_t key[LK_KEY_L
         LK_COUNT(w, PEERGONE_SENT);
 }
 
-/* PeerPresent as it travels between workers: key, ip16 (a, b), port, flags. */
-static lk_xmsg present_msg(const lk_conn *c)
+static lk_presence presence_of(const lk_conn *c)
 {
-    lk_xmsg m = {.kind = LK_X_PRESENT, .port = c->port};
-    memcpy(m.key, c->key, LK_KEY_LEN);
-    memcpy(&m.a, c->ip16, 8);
-    memcpy(&m.b, c->ip16 + 8, 8);
+    lk_presence p = {.port = c->port};
+    memcpy(p.key, c->key, LK_KEY_LEN);
+    memcpy(p.ip16, c->ip16, 16);
     uint8_t flags = (c->mesh ? LK_PRESENT_MESH : 0) | (c->prober ? LK_PRESENT_PROBER : 0) |
                     (c->not_ideal ? LK_PRESENT_NOT_IDEAL : 0);
-    m.flags = flags ? flags : LK_PRESENT_REGULAR;  /* "regular" only when nothing else applies */
-    return m;
+    p.flags = flags ? flags : LK_PRESENT_REGULAR;  /* "regular" only when nothing else applies */
+    return p;
 }
 
-static void send_peer_present(lk_worker *w, lk_conn *to, const lk_xmsg *m)
+static void send_peer_present(lk_worker *w, lk_conn *to, const lk_presence *p)
 {
     uint8_t f[LK_FRAME_HDR + 51];
-    uint8_t *p = f + LK_FRAME_HDR;
+    uint8_t *b = f + LK_FRAME_HDR;
     lk_put_frame_hdr(f, LK_FT_PEER_PRESENT, 51);
-    memcpy(p, m->key, LK_KEY_LEN);
-    memcpy(p + 32, &m->a, 8);
-    memcpy(p + 40, &m->b, 8);
-    p[48] = (uint8_t)(m->port >> 8);
-    p[49] = (uint8_t)m->port;
-    p[50] = m->flags;
+    memcpy(b, p->key, LK_KEY_LEN);
+    memcpy(b + 32, p->ip16, 16);
+    b[48] = (uint8_t)(p->port >> 8);
+    b[49] = (uint8_t)p->port;
+    b[50] = p->flags;
     lk_out_ctrl(w, to, f, sizeof f);
 }
 
-static void to_local_watchers(lk_worker *w, const lk_xmsg *m, int present)
+static void present_to_local_watchers(lk_worker *w, const lk_presence *p)
 {
-    for (lk_conn *wt = w->watchers; wt; wt = wt->watch_next) {
-        if (present)
-            send_peer_present(w, wt, m);
-        else
-            send_peer_gone(w, wt, m->key, LK_GONE_DISCONNECTED);
-    }
+    for (lk_conn *wt = w->watchers; wt; wt = wt->watch_next)
+        send_peer_present(w, wt, p);
+}
+
+static void gone_to_local_watchers(lk_worker *w, const uint8_t key[LK_KEY_LEN])
+{
+    for (lk_conn *wt = w->watchers; wt; wt = wt->watch_next)
+        send_peer_gone(w, wt, key, LK_GONE_DISCONNECTED);
 }
 
 /* ---- registration -------------------------------------------------------- */
@@ -73,10 +70,10 @@ int lk_route_register(lk_worker *w, lk_conn *c)
         p->conns->dup_prev = c;
     p->conns = c;
     p->n_conns++;
-    p->active = c;  /* the newest connection of a key is the active one (7.4) */
+    p->active = c;  /* the newest connection of a key is the active one (§6.2) */
     c->last_active_ns = w->now;
-    lk_xmsg m = present_msg(c);
-    to_local_watchers(w, &m, 1);
+    lk_xmsg m = {.kind = LK_X_PRESENT, .present = presence_of(c)};
+    present_to_local_watchers(w, &m.present);
     lk_shard_broadcast(w, &m);
     return 0;
 }
@@ -101,12 +98,13 @@ static void unlink_watcher(lk_worker *w, lk_conn *c)
     c->watcher = 0;
 }
 
-/* PeerGone(key) to connection `r` of this worker if it is still the one that
- * received; one per receiving key (stamp = the departed peer's id). */
+/* PeerGone(key) to receiver r of this worker if it is still the connection that
+ * received; one per receiving key (stamp = the departed key's peer id). */
 static void gone_to_receiver(lk_worker *w, lk_conn *r, uint64_t conn_id,
                              const uint8_t key[LK_KEY_LEN], uint64_t stamp)
 {
-    if (r->id != conn_id || r->state != LK_CS_STEADY || !r->peer || r->peer->gone_stamp == stamp)
+    if (!r || r->id != conn_id || r->state != LK_CS_STEADY || !r->peer ||
+        r->peer->gone_stamp == stamp)
         return;
     r->peer->gone_stamp = stamp;
     send_peer_gone(w, r->peer->active, key, LK_GONE_DISCONNECTED);
@@ -118,16 +116,17 @@ static void announce_gone(lk_worker *w, lk_peer *p)
     for (uint32_t i = 0; i < p->n_seen; i++) {
         lk_seen *s = &p->seen[i];
         if (s->worker == w->index) {
-            gone_to_receiver(w, s->conn, s->conn_id, p->key, p->id);
+            gone_to_receiver(w, lk_conn_from_token(w, s->receiver.token), s->receiver.id,
+                             p->key, p->id);
         } else {
-            lk_xmsg m = {.kind = LK_X_GONE, .a = p->id, .b = s->conn_id, .c = (uintptr_t)s->conn};
-            memcpy(m.key, p->key, LK_KEY_LEN);
+            lk_xmsg m = {.kind = LK_X_GONE, .gone = {.stamp = p->id, .receiver = s->receiver}};
+            memcpy(m.gone.key, p->key, LK_KEY_LEN);
             lk_shard_send(w, s->worker, &m, 0);
         }
     }
+    gone_to_local_watchers(w, p->key);
     lk_xmsg m = {.kind = LK_X_WATCH_GONE};
-    memcpy(m.key, p->key, LK_KEY_LEN);
-    to_local_watchers(w, &m, 0);
+    memcpy(m.watch_gone, p->key, LK_KEY_LEN);
     lk_shard_broadcast(w, &m);
 }
 
@@ -165,7 +164,7 @@ void lk_route_touch(lk_worker *w, lk_conn *c)
 
 /* ---- packets ------------------------------------------------------------- */
 
-/* NotHere feedback, 1 token per second, burst 3 (7.2). */
+/* NotHere feedback, 1 token per second, burst 3 (§5.7). */
 static void not_here(lk_worker *w, lk_conn *from, const uint8_t dst[LK_KEY_LEN])
 {
     uint64_t whole = (w->now - from->nothere_stamp_ns) / 1000000000u;
@@ -181,7 +180,30 @@ static void not_here(lk_worker *w, lk_conn *from, const uint8_t dst[LK_KEY_LEN])
     LK_COUNT(w, NOTHERE_SENT);
 }
 
-/* Deliver on the owning worker.  `sender` is the sending conn's token on
+static void not_here_to(lk_worker *w, uint64_t sender, const uint8_t dst[LK_KEY_LEN])
+{
+    lk_conn *from = lk_conn_from_token(w, sender);
+    if (from && from->state == LK_CS_STEADY)
+        not_here(w, from, dst);
+}
+
+/* The source's worker keeps the list of who received from it. */
+static void note_seen(lk_worker *w, lk_conn *r, const uint8_t src_key[LK_KEY_LEN],
+                      uint64_t src_peer, uint32_t src_worker)
+{
+    lk_conn_ref receiver = {.token = lk_conn_token(r), .id = r->id};
+    if (src_worker == w->index) {
+        lk_peer *sp = lk_peers_find(&w->peers, src_key);
+        if (sp && sp->id == src_peer)
+            lk_peers_note_seen(sp, w->index, receiver);
+        return;
+    }
+    lk_xmsg m = {.kind = LK_X_SEEN, .seen = {.src_peer = src_peer, .receiver = receiver}};
+    memcpy(m.seen.src, src_key, LK_KEY_LEN);
+    lk_shard_send(w, src_worker, &m, 0);
+}
+
+/* Deliver on the owning worker.  `sender` is the sending connection's token on
  * worker `sender_worker` (for NotHere); src_peer the sending key's peer id. */
 static void deliver(lk_worker *w, const uint8_t dst[LK_KEY_LEN], lk_pkt *pkt, uint64_t src_peer,
                     uint32_t sender_worker, uint64_t sender)
@@ -191,12 +213,10 @@ static void deliver(lk_worker *w, const uint8_t dst[LK_KEY_LEN], lk_pkt *pkt, ui
         LK_COUNT(w, DROP_UNKNOWN_DEST);
         if (pkt->disco && sender) {
             if (sender_worker == w->index) {
-                lk_conn *from = lk_core_conn_from_token(w, sender);
-                if (from && from->state == LK_CS_STEADY)
-                    not_here(w, from, dst);
+                not_here_to(w, sender, dst);
             } else {
-                lk_xmsg m = {.kind = LK_X_NOTHERE, .b = sender};
-                memcpy(m.key, dst, LK_KEY_LEN);
+                lk_xmsg m = {.kind = LK_X_NOTHERE, .nothere = {.sender = sender}};
+                memcpy(m.nothere.dst, dst, LK_KEY_LEN);
                 lk_shard_send(w, sender_worker, &m, 0);
             }
         }
@@ -205,18 +225,8 @@ static void deliver(lk_worker *w, const uint8_t dst[LK_KEY_LEN], lk_pkt *pkt, ui
     }
     lk_conn *r = p->active;
     if (src_peer && r->last_seen_src != src_peer) {
-        /* the source's worker keeps the list of who received from it */
-        const uint8_t *src_key = pkt->data + LK_FRAME_HDR;
         r->last_seen_src = src_peer;
-        if (sender_worker == w->index) {
-            lk_peer *sp = lk_peers_find(&w->peers, src_key);
-            if (sp && sp->id == src_peer)
-                lk_peers_note_seen(sp, w->index, r->id, r);
-        } else {
-            lk_xmsg m = {.kind = LK_X_SEEN, .a = src_peer, .b = r->id, .c = (uintptr_t)r};
-            memcpy(m.key, src_key, LK_KEY_LEN);
-            lk_shard_send(w, sender_worker, &m, 0);
-        }
+        note_seen(w, r, pkt->data + LK_FRAME_HDR, src_peer, sender_worker);
     }
     lk_out_packet(w, r, pkt);
 }
@@ -226,7 +236,7 @@ void lk_route_packet(lk_worker *w, lk_conn *from, const uint8_t src[LK_KEY_LEN],
 {
     /* ForwardPacket carries someone else's source: no PeerGone tracking for it */
     uint64_t src_peer = from->peer && memcmp(src, from->key, LK_KEY_LEN) == 0 ? from->peer->id : 0;
-    uint64_t sender = lk_core_conn_token(from);
+    uint64_t sender = lk_conn_token(from);
     uint32_t bucket;
     uint32_t owner = lk_shard_owner_bucket(w->relay, dst, &bucket);
     if (owner == w->index) {
@@ -239,33 +249,70 @@ void lk_route_packet(lk_worker *w, lk_conn *from, const uint8_t src[LK_KEY_LEN],
      * tail-dropped here instead of crowding the ring for everyone else's packets. */
     uint32_t share = lk_shard_ring_limit(w) / 4;
     uint32_t floor = 2 * w->relay->cfg.queue_depth + LK_TX_MAX + 256;
-    if (w->pool.xinflight[bucket] >= (share > floor ? share : floor)) {
+    if (w->route.xinflight[bucket] >= (share > floor ? share : floor)) {
         LK_COUNT(w, DROP_QUEUE_TAIL);
         lk_pkt_free(w, pkt);
         return;
     }
-    lk_xmsg m = {.kind = LK_X_PACKET, .pkt = pkt, .a = src_peer, .b = sender};
-    memcpy(m.key, dst, LK_KEY_LEN);
-    pkt->xbucket = bucket + 1;  /* read back only by us, when LK_X_FREE returns it */
+    lk_xmsg m = {.kind = LK_X_PACKET,
+                 .packet = {.pkt = pkt, .src_peer = src_peer, .sender = sender}};
+    memcpy(m.packet.dst, dst, LK_KEY_LEN);
+    pkt->xbucket = bucket + 1;  /* read back only by us, when the buffer comes home */
     if (lk_shard_send(w, owner, &m, 1) != 0) {
         LK_COUNT(w, DROP_QUEUE_TAIL);  /* the owner's ring is full */
         lk_pkt_free(w, pkt);
         return;
     }
-    w->pool.xinflight[bucket]++;
+    w->route.xinflight[bucket]++;
     LK_COUNT(w, XSHARD_SENT);
 }
 
-void lk_route_remote_packet(lk_worker *w, lk_xmsg *m)
+void lk_route_on_packet(lk_worker *w, const lk_xmsg *m)
 {
-    deliver(w, m->key, m->pkt, m->a, m->from, m->b);
+    LK_COUNT(w, XSHARD_RECEIVED);
+    deliver(w, m->packet.dst, m->packet.pkt, m->packet.src_peer, m->from, m->packet.sender);
+}
+
+void lk_route_on_returned(lk_worker *w, lk_pkt *pkt)
+{
+    if (pkt->xbucket) {  /* one less waiting on others for its destination */
+        w->route.xinflight[pkt->xbucket - 1]--;
+        pkt->xbucket = 0;
+    }
+}
+
+void lk_route_on_nothere(lk_worker *w, const lk_xmsg *m)
+{
+    not_here_to(w, m->nothere.sender, m->nothere.dst);
+}
+
+void lk_route_on_seen(lk_worker *w, const lk_xmsg *m)
+{
+    lk_peer *sp = lk_peers_find(&w->peers, m->seen.src);
+    if (sp && sp->id == m->seen.src_peer) {
+        lk_peers_note_seen(sp, m->from, m->seen.receiver);
+        return;
+    }
+    /* The source (registration src_peer) left before this note came home: its
+     * announce_gone could not know this receiver, so the receiver gets PeerGone
+     * now, as it would have if the source had stayed a moment. */
+    lk_xmsg gone = {.kind = LK_X_GONE,
+                    .gone = {.stamp = m->seen.src_peer, .receiver = m->seen.receiver}};
+    memcpy(gone.gone.key, m->seen.src, LK_KEY_LEN);
+    lk_shard_send(w, m->from, &gone, 0);
+}
+
+void lk_route_on_gone(lk_worker *w, const lk_xmsg *m)
+{
+    gone_to_receiver(w, lk_conn_from_token(w, m->gone.receiver.token), m->gone.receiver.id,
+                     m->gone.key, m->gone.stamp);
 }
 
 /* ---- watchers and ClosePeer ----------------------------------------------- */
 
 void lk_route_watch(lk_worker *w, lk_conn *c)
 {
-    /* a relay watching itself (its own key as client key) is a silent no-op (6.8) */
+    /* a relay watching itself (its own key as client key) is a silent no-op (§5.8) */
     if (c->watcher || memcmp(c->key, w->relay->public_key, LK_KEY_LEN) == 0)
         return;
     c->watcher = 1;
@@ -273,13 +320,43 @@ void lk_route_watch(lk_worker *w, lk_conn *c)
     w->watchers = c;
     lk_peer *p;
     lk_peers_foreach(&w->peers, p) {
-        lk_xmsg m = present_msg(p->active);
-        send_peer_present(w, c, &m);
+        lk_presence present = presence_of(p->active);
+        send_peer_present(w, c, &present);
     }
-    lk_xmsg req = {.kind = LK_X_WATCH_REQ, .c = lk_core_conn_token(c)};
+    lk_xmsg req = {.kind = LK_X_WATCH_REQ, .watch_req = lk_conn_token(c)};
     lk_shard_broadcast(w, &req);
 }
 
+void lk_route_on_present(lk_worker *w, const lk_xmsg *m)
+{
+    present_to_local_watchers(w, &m->present);
+}
+
+void lk_route_on_watch_gone(lk_worker *w, const lk_xmsg *m)
+{
+    gone_to_local_watchers(w, m->watch_gone);
+}
+
+void lk_route_on_present_to(lk_worker *w, const lk_xmsg *m)
+{
+    lk_conn *wt = lk_conn_from_token(w, m->present_to.watcher);
+    if (wt && wt->watcher)
+        send_peer_present(w, wt, &m->present_to.presence);
+}
+
+void lk_route_on_watch_req(lk_worker *w, const lk_xmsg *m)
+{
+    lk_peer *p;
+    lk_peers_foreach(&w->peers, p) {
+        lk_xmsg reply = {.kind = LK_X_PRESENT_TO,
+                         .present_to = {.presence = presence_of(p->active),
+                                        .watcher = m->watch_req}};
+        lk_shard_send(w, m->from, &reply, 0);
+    }
+}
+
+/* Every connection of key but `keep` leaves its key now and is doomed (closed before
+ * the backend resumes): a packet routed to the key from here on finds no receiver. */
 static void close_key(lk_worker *w, lk_conn *keep, const uint8_t key[LK_KEY_LEN])
 {
     lk_peer *p;
@@ -289,7 +366,8 @@ static void close_key(lk_worker *w, lk_conn *keep, const uint8_t key[LK_KEY_LEN]
             victim = victim->dup_next;
         if (!victim)
             break;
-        lk_conn_close(w, victim, -1);
+        lk_route_unregister(w, victim);
+        lk_conn_doom(w, victim, -1);
     }
 }
 
@@ -301,62 +379,11 @@ void lk_route_close_peer(lk_worker *w, lk_conn *c, const uint8_t key[LK_KEY_LEN]
         return;
     }
     lk_xmsg m = {.kind = LK_X_CLOSE_PEER};
-    memcpy(m.key, key, LK_KEY_LEN);
+    memcpy(m.close_peer, key, LK_KEY_LEN);
     lk_shard_send(w, owner, &m, 0);
 }
 
-/* ---- control messages from other workers ---------------------------------- */
-
-void lk_route_remote_event(lk_worker *w, lk_xmsg *m)
+void lk_route_on_close_peer(lk_worker *w, const lk_xmsg *m)
 {
-    switch (m->kind) {
-    case LK_X_NOTHERE: {
-        lk_conn *from = lk_core_conn_from_token(w, m->b);
-        if (from && from->state == LK_CS_STEADY)
-            not_here(w, from, m->key);
-        break;
-    }
-    case LK_X_SEEN: {
-        lk_peer *sp = lk_peers_find(&w->peers, m->key);
-        if (sp && sp->id == m->a) {
-            lk_peers_note_seen(sp, m->from, m->b, (lk_conn *)(uintptr_t)m->c);
-            break;
-        }
-        /* The source (incarnation m->a) left before this note came home: its
-         * announce_gone could not know this receiver, so the receiver gets
-         * PeerGone now, as it would have if the source had stayed a moment. */
-        lk_xmsg gone = {.kind = LK_X_GONE, .a = m->a, .b = m->b, .c = m->c};
-        memcpy(gone.key, m->key, LK_KEY_LEN);
-        lk_shard_send(w, m->from, &gone, 0);
-        break;
-    }
-    case LK_X_GONE:
-        gone_to_receiver(w, (lk_conn *)(uintptr_t)m->c, m->b, m->key, m->a);
-        break;
-    case LK_X_PRESENT:
-        to_local_watchers(w, m, 1);
-        break;
-    case LK_X_WATCH_GONE:
-        to_local_watchers(w, m, 0);
-        break;
-    case LK_X_PRESENT_TO: {
-        lk_conn *wt = lk_core_conn_from_token(w, m->c);
-        if (wt && wt->watcher)
-            send_peer_present(w, wt, m);
-        break;
-    }
-    case LK_X_WATCH_REQ: {
-        lk_peer *p;
-        lk_peers_foreach(&w->peers, p) {
-            lk_xmsg reply = present_msg(p->active);
-            reply.kind = LK_X_PRESENT_TO;
-            reply.c = m->c;
-            lk_shard_send(w, m->from, &reply, 0);
-        }
-        break;
-    }
-    case LK_X_CLOSE_PEER:
-        close_key(w, NULL, m->key);
-        break;
-    }
+    close_key(w, NULL, m->close_peer);
 }

@@ -1,13 +1,15 @@
 /* session.c — a connection's input side: TLS records -> HTTP request ->
  * DERP handshake -> steady-state frames, all fed incrementally from whatever
- * the backend received. */
+ * the backend received (session.h; the protocol: docs/protocol.md §2–§5). */
 #include <openssl/crypto.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "relay/core.h"
 #include "proto/handshake.h"
+#include "relay/output.h"
+#include "relay/routing.h"
+#include "relay/session.h"
 #include "relay/shard.h"
 #include "tls/tls.h"
 
@@ -18,8 +20,9 @@ void lk_session_start(lk_worker *w, lk_conn *c)
 {
     lk_frame_reader_init(&c->reader, frame_begin, frame_end, c);
     c->state = c->tls ? LK_CS_TLS_HANDSHAKE : LK_CS_HTTP;
-    /* one deadline covers the request head and ClientInfo: a slowloris
-     * client is closed however it stalls */
+    /* the request head must arrive within handshake_timeout, and then ClientInfo
+     * within another (start_derp re-arms it): a slowloris client is closed
+     * however it stalls */
     c->handshake_deadline = w->now + w->relay->cfg.handshake_timeout_ms * LK_MS;
     lk_arm(w, c->handshake_deadline);
 }
@@ -52,7 +55,7 @@ static void answer_http(lk_worker *w, lk_conn *c, const lk_http_request *req)
     c->state = LK_CS_HTTP_REPLIED;
     c->close_when_flushed = 1;
     if (n == 0 || lk_out_http(w, c, resp, (uint32_t)n) != 0)
-        lk_conn_close(w, c, LK_C_CLOSE_HTTP);
+        lk_conn_doom(w, c, LK_C_CLOSE_HTTP);
 }
 
 /* Accumulate the request head; returns the bytes of `data` it used, or
@@ -60,7 +63,7 @@ static void answer_http(lk_worker *w, lk_conn *c, const lk_http_request *req)
 static long feed_http(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
 {
     if (!c->head && !(c->head = malloc(LK_HTTP_HEAD_MAX))) {
-        lk_conn_close(w, c, LK_C_CLOSE_HTTP);
+        lk_conn_doom(w, c, LK_C_CLOSE_HTTP);
         return -1;
     }
     size_t room = LK_HTTP_HEAD_MAX - c->head_len;
@@ -70,7 +73,7 @@ static long feed_http(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
     lk_http_request req;
     int head = lk_http_parse_request(c->head, c->head_len, LK_HTTP_HEAD_MAX, &req);
     if (head < 0 || (head == 0 && c->head_len == LK_HTTP_HEAD_MAX)) {
-        lk_conn_close(w, c, LK_C_CLOSE_HTTP);
+        lk_conn_doom(w, c, LK_C_CLOSE_HTTP);
         return -1;
     }
     if (head == 0)
@@ -79,7 +82,7 @@ static long feed_http(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
         start_derp(w, c, &req);
     else
         answer_http(w, c, &req);
-    /* bytes after the head already belong to the DERP stream (2.4) */
+    /* bytes after the head already belong to the DERP stream (§2.6) */
     size_t surplus_in_head = c->head_len - (size_t)head;
     size_t used = take - surplus_in_head;
     free(c->head);
@@ -94,14 +97,14 @@ static void keep_pipelined(lk_worker *w, lk_conn *c, const uint8_t *data, size_t
     if (n == 0)
         return;
     if (b->len + n > LK_CLIENT_INFO_MAX) {  /* a flood before ServerInfo: not a client */
-        lk_conn_close(w, c, LK_C_CLOSE_PROTOCOL);
+        lk_conn_doom(w, c, LK_C_CLOSE_PROTOCOL);
         return;
     }
     if (b->len + n > b->cap) {
         uint32_t cap = (uint32_t)(b->len + n) * 2;
         uint8_t *d = realloc(b->data, cap);
         if (!d) {
-            lk_conn_close(w, c, LK_C_CLOSE_HANDSHAKE);
+            lk_conn_doom(w, c, LK_C_CLOSE_HANDSHAKE);
             return;
         }
         b->data = d;
@@ -111,7 +114,7 @@ static void keep_pipelined(lk_worker *w, lk_conn *c, const uint8_t *data, size_t
     b->len += (uint32_t)n;
 }
 
-static void feed(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
+void lk_session_feed(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
 {
     while (n > 0) {
         if (c->state == LK_CS_HTTP) {
@@ -131,7 +134,7 @@ static void feed(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
         size_t used;
         int rc = lk_frame_feed(&c->reader, data, n, &used);
         if (rc < 0) {
-            lk_conn_close(w, c, c->close_reason);
+            lk_conn_doom(w, c, c->close_reason);
             return;
         }
         if (rc > 0) {
@@ -144,15 +147,6 @@ static void feed(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
         data += used;
         n -= used;
     }
-}
-
-/* Acceptor: the connection is set up; move it (and what came after
- * ClientInfo) to the worker that owns its key. */
-static void maybe_hand_off(lk_worker *w, lk_conn *c)
-{
-    if (c->state != LK_CS_HANDOFF)
-        return;
-    lk_shard_handoff(w, c, c->pipelined.data, c->pipelined.len);
 }
 
 /* kTLS: the handshake runs in OpenSSL on peeked bytes.  The record boundary
@@ -171,11 +165,10 @@ static void ktls_handshake(lk_worker *w, lk_conn *c, const uint8_t *data, size_t
     int hs = lk_tls_handshake(c->tls);
     size_t used = n - lk_tls_unread(c->tls);
     lk_out_mark_dirty(w, c);  /* handshake records to send */
-    int calls = lk_ktls_consume(c->fd, used, w->plain, LK_PLAIN_LEN);
-    LK_COUNT_N(w, SYS_READ, calls >= 0 ? (uint64_t)calls : 1);
+    int consumed = w->io->ktls_consume(w, c, used);  /* counts its recv calls */
     LK_COUNT_N(w, BYTES_IN, used);
-    if (calls < 0 || hs < 0) {
-        lk_conn_close(w, c, LK_C_CLOSE_TLS);
+    if (consumed < 0 || hs < 0) {
+        lk_conn_doom(w, c, LK_C_CLOSE_TLS);
         return;
     }
     if (hs == 0)
@@ -184,15 +177,14 @@ static void ktls_handshake(lk_worker *w, lk_conn *c, const uint8_t *data, size_t
     lk_ktls_secrets s;
     int rc = lk_tls_ktls_secrets(c->tls, &s, why, sizeof why);
     if (rc == 0) {
-        LK_COUNT_N(w, SYS_OTHER, 3);  /* TCP_ULP, TLS_TX, TLS_RX */
-        rc = lk_ktls_install(c->fd, s.server, s.client, s.len, why, sizeof why);
+        rc = w->io->ktls_install(w, c, &s, why, sizeof why);
         OPENSSL_cleanse(&s, sizeof s);
     }
     if (rc != 0) {
         /* never a silent fall-back to userspace TLS: this connection is refused */
         lk_log("worker %u: kTLS refused connection %llu: %s", w->index,
                (unsigned long long)c->id, why);
-        lk_conn_close(w, c, LK_C_CLOSE_TLS);
+        lk_conn_doom(w, c, LK_C_CLOSE_TLS);
         return;
     }
     lk_tls_conn_free(c->tls);
@@ -203,7 +195,7 @@ static void ktls_handshake(lk_worker *w, lk_conn *c, const uint8_t *data, size_t
     LK_COUNT(w, CONNS_KTLS);
 }
 
-void lk_core_received(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
+void lk_session_received(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
 {
     if (c->ktls_peek) {
         ktls_handshake(w, c, data, n);  /* counts bytes_in as it consumes them */
@@ -211,8 +203,7 @@ void lk_core_received(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
     }
     LK_COUNT_N(w, BYTES_IN, n);
     if (!c->tls) {
-        feed(w, c, data, n);
-        maybe_hand_off(w, c);
+        lk_session_feed(w, c, data, n);
         return;
     }
     lk_tls_input(c->tls, data, n);
@@ -220,7 +211,7 @@ void lk_core_received(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
         int hs = lk_tls_handshake(c->tls);
         lk_out_mark_dirty(w, c);  /* handshake records to send */
         if (hs < 0) {
-            lk_conn_close(w, c, LK_C_CLOSE_TLS);
+            lk_conn_doom(w, c, LK_C_CLOSE_TLS);
             return;
         }
         if (hs == 0)
@@ -230,18 +221,17 @@ void lk_core_received(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
     for (;;) {
         int k = lk_tls_read(c->tls, w->plain, LK_PLAIN_LEN);
         if (k < 0) {
-            lk_conn_close(w, c, LK_C_CLOSE_PEER);
+            lk_conn_doom(w, c, LK_C_CLOSE_PEER);
             return;
         }
         if (k == 0)
             break;
-        feed(w, c, w->plain, (size_t)k);
+        lk_session_feed(w, c, w->plain, (size_t)k);
         if (!lk_conn_alive(c))
             return;
     }
     if (lk_out_pending(c))
         lk_out_mark_dirty(w, c);
-    maybe_hand_off(w, c);
 }
 
 /* ---- frames ------------------------------------------------------------- */
@@ -289,14 +279,14 @@ static int client_info_done(lk_worker *w, lk_conn *c, uint32_t len)
     uint8_t server_info[LK_SERVER_INFO_FRAME_LEN];
     LK_COUNT(w, SYS_OTHER);  /* libsodium's getrandom for the ServerInfo nonce */
     if (rc != LK_OK || lk_build_server_info(server_info, c->key, w->relay->cfg.private_key) != 0) {
-        lk_conn_close(w, c, LK_C_CLOSE_HANDSHAKE);
+        lk_conn_doom(w, c, LK_C_CLOSE_HANDSHAKE);
         return 1;
     }
     /* constant time: the mesh key is a secret (TS-2025-003) */
     c->mesh = w->relay->cfg.has_mesh_key && info.has_mesh_key &&
               sodium_memcmp(info.mesh_key, w->relay->cfg.mesh_key, 32) == 0;
     c->prober = (uint8_t)info.is_prober;
-    /* ServerInfo goes before anything queued for this client (5.1 step 4) */
+    /* ServerInfo goes before anything queued for this client (§4.1) */
     if (lk_out_ctrl(w, c, server_info, sizeof server_info) != 0)
         return 1;
     c->handshake_deadline = 0;
@@ -305,46 +295,21 @@ static int client_info_done(lk_worker *w, lk_conn *c, uint32_t len)
     return 1;  /* stop parsing: the rest is the owning worker's to read */
 }
 
-void lk_session_adopt(lk_worker *w, lk_handoff *h)
+void lk_session_resume(lk_worker *w, lk_conn *c)
 {
-    lk_conn *c = lk_conn_alloc(w, h->fd);
-    if (!c) {
-        lk_tls_conn_free(h->tls);
-        free(h->ctrl.data);
-        free(h);
-        return;
-    }
-    c->id = h->id;
-    memcpy(c->key, h->key, LK_KEY_LEN);
-    memcpy(c->ip16, h->ip16, 16);
-    c->port = h->port;
-    c->mesh = h->mesh;
-    c->prober = h->prober;
-    c->not_ideal = h->not_ideal;
-    c->tls = h->tls;
-    c->ctrl = h->ctrl;
     lk_frame_reader_init(&c->reader, frame_begin, frame_end, c);
     c->state = LK_CS_STEADY;
     c->nothere_tokens = 3;
     c->nothere_stamp_ns = w->now;
     /* keepalive jitter: up to 5 s at the default 60 s period, scaled for short
      * periods.  Taken from the client's (random) key rather than getrandom: the
-     * spec wants a per-connection offset, not a secret, and this costs no syscall. */
+     * protocol wants a per-connection offset, not a secret, and this costs no
+     * syscall. */
     uint64_t period = w->relay->cfg.keepalive_ms * LK_MS;
     uint32_t spread = ((uint32_t)c->key[0] << 8 | c->key[1]) % 1000;
     c->next_keepalive = w->now + period + spread * (period / 12 / 1000);
     lk_arm(w, c->next_keepalive);
     lk_out_mark_dirty(w, c);
-    if (lk_route_register(w, c) != 0) {
-        lk_log("worker %u: peer table full (%u keys); refusing a connection", w->index,
-               w->peers.n_entries);
-        lk_conn_close(w, c, LK_C_CLOSE_HANDSHAKE);
-    } else if (w->io->add_conn(w, c) != 0) {
-        lk_conn_close(w, c, LK_C_CLOSE_PEER);
-    } else {
-        feed(w, c, h->leftover, h->leftover_len);
-    }
-    free(h);
 }
 
 static void send_or_forward(lk_worker *w, lk_conn *c, uint8_t type, uint32_t len)
@@ -370,12 +335,13 @@ static void send_or_forward(lk_worker *w, lk_conn *c, uint8_t type, uint32_t len
     pkt->len = LK_FRAME_HDR + LK_KEY_LEN + plen;
     pkt->disco = (uint8_t)lk_is_disco(body + LK_KEY_LEN, plen);
     LK_COUNT(w, PACKETS_IN);
+    w->admitted++;
     lk_route_packet(w, c, src, dst, pkt);
 }
 
 static void pong(lk_worker *w, lk_conn *c)
 {
-    if (c->pong_pending)  /* at most one Pong outstanding (6.10) */
+    if (c->pong_pending)  /* at most one Pong outstanding (§5.4) */
         return;
     uint8_t f[LK_FRAME_HDR + 8];
     lk_put_frame_hdr(f, LK_FT_PONG, 8);

@@ -1,11 +1,9 @@
-/* shard.c — rings between threads, wake-ups, and the messages' handlers. */
+/* shard.c — rings between threads, wake-ups, and packet buffers going home. */
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "relay/core.h"
 #include "relay/shard.h"
-#include "tls/tls.h"
 
 static lk_spsc *ring(const lk_relay *r, uint32_t from, uint32_t to)
 {
@@ -146,54 +144,22 @@ int lk_shard_prepare_sleep(lk_worker *w)
 
 void lk_shard_awake(lk_worker *w) { __atomic_store_n(&w->sleeping, 0, __ATOMIC_RELAXED); }
 
-void lk_shard_handoff(lk_worker *acc, lk_conn *c, const uint8_t *leftover, size_t n)
+int lk_shard_receive(lk_worker *w, uint32_t *from, lk_xmsg *m)
 {
-    lk_handoff *h = malloc(sizeof *h + n);
-    if (!h) {
-        lk_conn_close(acc, c, LK_C_CLOSE_HANDSHAKE);
+    /* one ring after the other (order matters only within a (from, to) pair), each
+     * emptied before the next, as far as it holds messages when we get to it */
+    for (; *from < w->relay->n_threads; (*from)++)
+        if (*from != w->index && lk_spsc_pop(ring(w->relay, *from, w->index), m))
+            return 1;
+    return 0;
+}
+
+void lk_pkt_free(lk_worker *w, lk_pkt *pkt)
+{
+    if (pkt->owner == w->index) {
+        lk_pool_put(&w->pool, pkt);
         return;
     }
-    *h = (lk_handoff){.fd = c->fd, .id = c->id, .mesh = c->mesh, .prober = c->prober,
-                      .not_ideal = c->not_ideal, .port = c->port, .tls = c->tls, .ctrl = c->ctrl,
-                      .leftover_len = (uint32_t)n};
-    memcpy(h->key, c->key, LK_KEY_LEN);
-    memcpy(h->ip16, c->ip16, 16);
-    if (n)  /* leftover is NULL when nothing was pipelined */
-        memcpy(h->leftover, leftover, n);
-    /* the connection now belongs to its worker: forget it here without closing */
-    c->tls = NULL;
-    c->ctrl = (lk_bytes){0};
-    lk_conn_detach(acc, c);
-    lk_xmsg m = {.kind = LK_X_ADOPT, .ptr = h};
-    lk_shard_send(acc, lk_shard_owner(acc->relay, h->key), &m, 0);
-}
-
-static void handle(lk_worker *w, lk_xmsg *m)
-{
-    switch (m->kind) {
-    case LK_X_ADOPT:
-        lk_session_adopt(w, m->ptr);
-        break;
-    case LK_X_PACKET:
-        LK_COUNT(w, XSHARD_RECEIVED);
-        lk_route_remote_packet(w, m);
-        break;
-    case LK_X_FREE:
-        if (m->pkt->xbucket)  /* one less waiting on others for its destination */
-            w->pool.xinflight[m->pkt->xbucket - 1]--;
-        lk_pool_put(&w->pool, m->pkt);
-        break;
-    default:
-        lk_route_remote_event(w, m);
-        break;
-    }
-}
-
-void lk_shard_drain(lk_worker *w)
-{
-    lk_xmsg m;
-    for (uint32_t from = 0; from < w->relay->n_threads; from++)
-        if (from != w->index)
-            while (lk_spsc_pop(ring(w->relay, from, w->index), &m))
-                handle(w, &m);
+    lk_xmsg m = {.kind = LK_X_FREE, .free = pkt};
+    lk_shard_send(w, pkt->owner, &m, 0);
 }

@@ -10,21 +10,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "relay/pool.h"
-
-/* What crosses between threads (kinds in shard.h).  64 bytes + key. */
-typedef struct lk_xmsg {
-    uint8_t kind;
-    uint8_t flags;
-    uint16_t port;
-    uint32_t from;            /* producing thread's index */
-    union {
-        lk_pkt *pkt;
-        void *ptr;
-    };
-    uint64_t a, b, c;
-    uint8_t key[32];
-} lk_xmsg;
+#include "relay/xmsg.h"
 
 typedef struct lk_spsc {
     _Alignas(64) uint32_t head;   /* consumer's */

@@ -1,10 +1,11 @@
-/* worker.c — a worker thread's life: its connection slots, accept and close,
- * timers (handshake deadline, write deadline, keepalive), the loop, and
- * publishing its counters. */
+/* worker.c — a worker thread's life: set-up and tear-down, the loop, timers
+ * (handshake deadline, write deadline, keepalive), the one dispatcher of the
+ * messages other workers send (xmsg.h), and publishing its counters. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sodium.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -13,9 +14,10 @@
 #include <pthread.h>
 #include <sched.h>
 
-#include "relay/core.h"
+#include "relay/conns.h"
+#include "relay/output.h"
+#include "relay/routing.h"
 #include "relay/shard.h"
-#include "tls/tls.h"
 
 int lk_worker_init(lk_worker *w, lk_relay *r, uint32_t index)
 {
@@ -52,19 +54,13 @@ int lk_worker_init(lk_worker *w, lk_relay *r, uint32_t index)
     uint32_t large = w->acceptor || small / 64 < 64 ? 64 : small / 64;
     if (rc == LK_OK)
         rc = lk_pool_init(&w->pool, (uint16_t)index, small, large);
-    if (rc == LK_OK)
-        rc = w->io->init(w);
-    return rc;
+    return rc;  /* the backend is set up by the worker's own thread: lk_worker_main */
 }
 
 void lk_worker_destroy(lk_worker *w)
 {
     if (w->conns) {
-        for (lk_conn *c = w->all; c;) {
-            lk_conn *next = c->all_next;
-            lk_conn_close(w, c, -1);
-            c = next;
-        }
+        lk_conns_close_all(w);
         if (w->io_state)
             w->io->destroy(w);
         for (uint32_t i = 0; i < w->max_conns; i++) {
@@ -83,165 +79,6 @@ void lk_worker_destroy(lk_worker *w)
     free(w->free_slots);
     free(w->rbuf);
     free(w->plain);
-}
-
-uint64_t lk_core_conn_token(const lk_conn *c) { return (uint64_t)c->slot | (uint64_t)c->gen << 32; }
-
-lk_conn *lk_core_conn_from_token(lk_worker *w, uint64_t token)
-{
-    uint32_t slot = (uint32_t)token;
-    if (slot >= w->max_conns)
-        return NULL;
-    lk_conn *c = &w->conns[slot];
-    return c->gen == (uint32_t)(token >> 32) && c->state != LK_CS_FREE ? c : NULL;
-}
-
-void lk_arm(lk_worker *w, uint64_t deadline)
-{
-    if (deadline < w->next_due)
-        w->next_due = deadline;
-}
-
-void lk_pkt_free(lk_worker *w, lk_pkt *pkt)
-{
-    if (pkt->owner == w->index) {
-        lk_pool_put(&w->pool, pkt);
-        return;
-    }
-    /* share-nothing pools: a buffer goes home to the worker that took it */
-    lk_xmsg m = {.kind = LK_X_FREE, .pkt = pkt};
-    lk_shard_send(w, pkt->owner, &m, 0);
-}
-
-/* Zero a slot for reuse, keeping what outlives a connection: its queues'
- * storage, its generation, and its place on the flush list. */
-static void conn_reset(lk_conn *c)
-{
-    lk_conn keep = *c;
-    memset(c, 0, sizeof *c);
-    c->slot = keep.slot;
-    c->gen = keep.gen;
-    c->dirty = keep.dirty;
-    c->dirty_next = keep.dirty_next;
-    c->q_disco = (lk_pktq){.slots = keep.q_disco.slots, .cap = keep.q_disco.cap};
-    c->q_other = (lk_pktq){.slots = keep.q_other.slots, .cap = keep.q_other.cap};
-    c->fd = -1;
-}
-
-static void set_remote(lk_conn *c, const struct sockaddr_storage *sa)
-{
-    if (sa->ss_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-        c->ip16[10] = c->ip16[11] = 0xff;  /* IPv4-mapped, as PeerPresent carries it */
-        memcpy(c->ip16 + 12, &in->sin_addr, 4);
-        c->port = ntohs(in->sin_port);
-    } else if (sa->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-        memcpy(c->ip16, &in6->sin6_addr, 16);
-        c->port = ntohs(in6->sin6_port);
-    }
-}
-
-lk_conn *lk_conn_alloc(lk_worker *w, int fd)
-{
-    if (w->n_free == 0) {
-        lk_log("worker %u: all %u connection slots in use; refusing a connection (raise "
-               "max_conns)", w->index, w->max_conns);
-        LK_COUNT(w, SYS_CLOSE);
-        close(fd);
-        return NULL;
-    }
-    lk_conn *c = &w->conns[w->free_slots[--w->n_free]];
-    conn_reset(c);
-    c->gen++;
-    c->fd = fd;
-    c->worker = w;
-    c->all_next = w->all;
-    if (w->all)
-        w->all->all_prev = c;
-    w->all = c;
-    w->stats.c[LK_G_CONNS_CURRENT]++;
-    return c;
-}
-
-void lk_core_accepted(lk_worker *w, int fd, const struct sockaddr_storage *addr)
-{
-    LK_COUNT(w, CONNS_ACCEPTED);
-    lk_conn *c = lk_conn_alloc(w, fd);
-    if (!c)
-        return;
-    c->id = __atomic_add_fetch(&w->relay->next_conn_id, 1, __ATOMIC_RELAXED);
-    set_remote(c, addr);
-    /* frames are small and latency matters: no Nagle delay */
-    int one = 1;
-    LK_COUNT(w, SYS_OTHER);
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (w->relay->tls && !(c->tls = lk_tls_conn_new(w->relay->tls))) {
-        c->state = LK_CS_HTTP;
-        lk_conn_close(w, c, LK_C_CLOSE_TLS);
-        return;
-    }
-    c->ktls_peek = w->relay->cfg.tls == LK_TLS_KTLS;
-    lk_session_start(w, c);
-    if (w->io->add_conn(w, c) != 0)
-        lk_conn_close(w, c, LK_C_CLOSE_PEER);
-}
-
-static void unlink_all(lk_worker *w, lk_conn *c)
-{
-    if (c->all_prev)
-        c->all_prev->all_next = c->all_next;
-    else
-        w->all = c->all_next;
-    if (c->all_next)
-        c->all_next->all_prev = c->all_prev;
-    w->stats.c[LK_G_CONNS_CURRENT]--;
-}
-
-void lk_conn_detach(lk_worker *w, lk_conn *c)
-{
-    w->io->detach(w, c);
-    unlink_all(w, c);
-    c->state = LK_CS_CLOSING;
-    lk_core_release(w, c);
-}
-
-void lk_conn_close(lk_worker *w, lk_conn *c, int reason_counter)
-{
-    if (!lk_conn_alive(c))
-        return;
-    c->state = LK_CS_CLOSING;  /* first: nothing may be queued to c from here on */
-    if (reason_counter >= 0)
-        w->stats.c[reason_counter]++;
-    LK_COUNT(w, CONNS_CLOSED);
-    lk_route_unregister(w, c);
-    unlink_all(w, c);
-    w->io->close_conn(w, c);
-}
-
-void lk_core_release(lk_worker *w, lk_conn *c)
-{
-    lk_out_release_all(w, c);
-    if (c->rx_pkt)
-        lk_pkt_free(w, c->rx_pkt);
-    free(c->head);
-    free(c->client_info);
-    free(c->pipelined.data);
-    c->pipelined = (lk_bytes){0};
-    lk_tls_conn_free(c->tls);
-    c->rx_pkt = NULL;
-    c->head = NULL;
-    c->client_info = NULL;
-    c->tls = NULL;
-    c->state = LK_CS_FREE;
-    c->gen++;
-    w->free_slots[w->n_free++] = c->slot;
-}
-
-void lk_core_io_error(lk_worker *w, lk_conn *c, int err)
-{
-    (void)err;  /* EOF, reset and broken pipe all mean the client is gone */
-    lk_conn_close(w, c, LK_C_CLOSE_PEER);
 }
 
 static void keepalive(lk_worker *w, lk_conn *c)
@@ -263,13 +100,15 @@ static void run_timers(lk_worker *w)
     uint64_t write_timeout = w->relay->cfg.write_timeout_ms * LK_MS;
     for (lk_conn *c = w->all, *after; c; c = after) {
         after = c->all_next;
+        if (!lk_conn_alive(c))
+            continue;  /* doomed earlier in this pass */
         if (c->handshake_deadline && w->now >= c->handshake_deadline) {
-            lk_conn_close(w, c, LK_C_CLOSE_TIMEOUT);
+            lk_conn_doom(w, c, LK_C_CLOSE_TIMEOUT);
             continue;
         }
         if (c->write_stalled_since && write_timeout &&
             w->now - c->write_stalled_since >= write_timeout) {
-            lk_conn_close(w, c, LK_C_CLOSE_WRITE_TIMEOUT);
+            lk_conn_doom(w, c, LK_C_CLOSE_WRITE_TIMEOUT);
             continue;
         }
         if (c->state == LK_CS_STEADY && w->now >= c->next_keepalive)
@@ -284,11 +123,52 @@ static void run_timers(lk_worker *w)
     w->next_due = next;
 }
 
+/* ---- messages from other workers: the one dispatcher ---------------------- */
+
+static void dispatch(lk_worker *w, lk_xmsg *m)
+{
+    switch ((enum lk_xkind)m->kind) {
+    case LK_X_ADOPT: lk_conns_adopt(w, m->adopt); break;
+    case LK_X_PACKET: lk_route_on_packet(w, m); break;
+    case LK_X_FREE:
+        lk_route_on_returned(w, m->free);
+        lk_pool_put(&w->pool, m->free);
+        break;
+    case LK_X_NOTHERE: lk_route_on_nothere(w, m); break;
+    case LK_X_SEEN: lk_route_on_seen(w, m); break;
+    case LK_X_GONE: lk_route_on_gone(w, m); break;
+    case LK_X_PRESENT: lk_route_on_present(w, m); break;
+    case LK_X_PRESENT_TO: lk_route_on_present_to(w, m); break;
+    case LK_X_WATCH_GONE: lk_route_on_watch_gone(w, m); break;
+    case LK_X_WATCH_REQ: lk_route_on_watch_req(w, m); break;
+    case LK_X_CLOSE_PEER: lk_route_on_close_peer(w, m); break;
+    }
+}
+
+/* Everything other workers sent; whatever it doomed is closed at the end. */
+static void drain(lk_worker *w)
+{
+    lk_xmsg m;
+    uint32_t from = 0;
+    while (lk_shard_receive(w, &from, &m))
+        dispatch(w, &m);
+    lk_conns_reap(w);
+}
+
+/* Hand every connection with new output to the backend (end of a pass). */
+static void flush_dirty(lk_worker *w)
+{
+    lk_conn *c;
+    while ((c = lk_out_next_dirty(w)) != NULL)
+        if (lk_conn_alive(c))
+            w->io->flush(w, c);
+}
+
 static void publish(lk_worker *w)
 {
     w->stats.ns = w->now;
-    w->stats.c[LK_G_POOL_FREE] = lk_pool_free_count(&w->pool);
-    w->stats.c[LK_G_POOL_SIZE] = lk_pool_size(&w->pool);
+    w->stats.c[LK_C_POOL_FREE] = lk_pool_free_count(&w->pool);
+    w->stats.c[LK_C_POOL_SIZE] = lk_pool_size(&w->pool);
     lk_counters_publish(w->shared, &w->stats);
 }
 
@@ -319,15 +199,22 @@ void *lk_worker_main(void *arg)
     lk_worker *w = arg;
     lk_relay *r = w->relay;
     uint64_t last_publish = 0;
-    if (!w->acceptor && (r->cfg.switches & LK_SW_PIN_CPUS))
+    if (!w->acceptor && r->cfg.pin_cpus)
         pin(w);
     w->now = lk_now_ns();
+    /* The backend is made on this thread: an io_uring set up with single_issuer (or
+     * defer_taskrun) takes submissions only from the thread that created it. */
+    int rc = w->io->init(w);
+    if (rc != LK_OK) {
+        w->result = rc;
+        snprintf(w->error, sizeof w->error, "%s", lk_last_error());
+    }
     publish(w);
     pthread_mutex_lock(&r->start_lock);
     r->started++;
     pthread_cond_signal(&r->started_cond);
     pthread_mutex_unlock(&r->start_lock);
-    while (!__atomic_load_n(&r->stopping, __ATOMIC_ACQUIRE)) {
+    while (rc == LK_OK && !__atomic_load_n(&r->stopping, __ATOMIC_ACQUIRE)) {
         int timeout = wait_timeout_ms(w);
         /* about to sleep: make sure readers see everything done so far */
         if (timeout != 0 && last_publish != w->now) {
@@ -337,18 +224,20 @@ void *lk_worker_main(void *arg)
         if (timeout != 0 && lk_shard_prepare_sleep(w))
             timeout = 0;  /* another worker already sent us something */
         /* the backend refreshes w->now as soon as it wakes */
-        int rc = w->io->wait(w, timeout);
+        rc = w->io->wait(w, timeout);
         lk_shard_awake(w);
         if (rc < 0) {
             w->result = LK_ERR_SYSTEM;
+            snprintf(w->error, sizeof w->error, "%s", lk_last_error());
             break;
         }
         LK_COUNT(w, LOOP_PASSES);
-        lk_shard_drain(w);
-        lk_out_flush_dirty(w);
+        drain(w);
+        flush_dirty(w);
         if (w->now >= w->next_due) {
             run_timers(w);
-            lk_out_flush_dirty(w);
+            lk_conns_reap(w);
+            flush_dirty(w);
         }
         lk_shard_flush(w);
         if (w->now - last_publish >= LK_MS) {

@@ -1,12 +1,26 @@
-/* worker.h — the relay and its workers: what a worker thread owns. */
+/* worker.h — the relay and its workers: what a worker thread owns, and the few
+ * inline helpers every layer of the relay core uses (counting, arming a timer,
+ * marking a connection for closing).
+ *
+ * The core's layers, each calling only those below it:
+ *   conns.c, worker.c   connection lifecycle, the loop, timers, the message dispatcher,
+ *                       and the entry points the backends call (io/io.h)
+ *   session.c           input: TLS records -> HTTP -> handshake -> frames
+ *   routing.c           who receives what: peers, duplicates, PeerGone, watchers
+ *   output.c            what a connection owes its client; gather/sent for backends
+ *   shard.c             rings between workers; packet buffers going home
+ *   peers.c, pool.c     tables and buffers
+ * A lower layer that must end a connection marks it (lk_conn_doom); the lifecycle
+ * layer closes it before control returns to the backend. */
 #ifndef LK_WORKER_H
 #define LK_WORKER_H
 
 #include <pthread.h>
 #include <stdint.h>
 
-#include "relay/conn.h"
+#include "common/common.h"
 #include "common/counters.h"
+#include "relay/conn.h"
 #include "io/io.h"
 #include "relay/peers.h"
 #include "relay/pool.h"
@@ -20,6 +34,16 @@ typedef struct lk_overflow {
     struct lk_xmsg *msgs;
     uint32_t len, cap;
 } lk_overflow;
+
+/* Buckets of destination keys (keyed hash), for counting a worker's packets that wait
+ * on other workers per destination (routing.c's cross-shard bound). */
+#define LK_XBUCKETS 4096
+
+/* Routing's flow-control state: this worker's packets waiting on other workers (in a
+ * ring, a remote queue or a remote writer), per destination bucket. */
+typedef struct lk_route_state {
+    uint16_t xinflight[LK_XBUCKETS];
+} lk_route_state;
 
 typedef struct lk_relay {
     lk_relay_config cfg;
@@ -49,6 +73,7 @@ typedef struct lk_worker {
     pthread_t thread;
     int thread_started;
     int result;                   /* LK_OK or the error that stopped this worker */
+    char error[512];              /* its detail: lk_last_error() is per thread */
     int acceptor;                 /* sets connections up and hands them on */
     const lk_io_ops *io;
     void *io_state;               /* the backend's own */
@@ -65,10 +90,13 @@ typedef struct lk_worker {
     uint32_t n_free;
     lk_conn *all;                 /* live conns (timer scans) */
     lk_conn *dirty;               /* conns with new output, flushed at pass end */
+    lk_conn *doomed;              /* marked for closing; closed before the backend resumes */
     lk_conn *watchers;            /* mesh peers that sent WatchConns */
+    uint32_t admitted;            /* packets taken in this loop pass (io_uring's budget) */
 
     lk_peer_table peers;
     lk_pool pool;
+    lk_route_state route;
     uint8_t *rbuf;                /* shared receive buffer (readiness backends) */
     uint32_t rbuf_len;
     uint8_t *plain;               /* TLS plaintext scratch */
@@ -81,6 +109,42 @@ typedef struct lk_worker {
 
 #define LK_COUNT(w, name) ((w)->stats.c[LK_C_##name]++)
 #define LK_COUNT_N(w, name, n) ((w)->stats.c[LK_C_##name] += (n))
+
+/* Make sure the worker wakes by `deadline` (CLOCK_MONOTONIC ns). */
+static inline void lk_arm(lk_worker *w, uint64_t deadline)
+{
+    if (deadline < w->next_due)
+        w->next_due = deadline;
+}
+
+/* End connection c: from now on nothing is queued to it or read from it, and the
+ * lifecycle layer closes it (counting `reason_counter`, an LK_C_CLOSE_*, or none
+ * when -1) before control returns to the backend. */
+static inline void lk_conn_doom(lk_worker *w, lk_conn *c, int reason_counter)
+{
+    if (!lk_conn_alive(c))
+        return;
+    c->state = LK_CS_DOOMED;
+    c->close_reason = reason_counter;
+    c->doomed_next = w->doomed;
+    w->doomed = c;
+}
+
+/* A connection's name outside its slot (messages, backend tokens): slot | gen << 32. */
+static inline uint64_t lk_conn_token(const lk_conn *c)
+{
+    return (uint64_t)c->slot | (uint64_t)c->gen << 32;
+}
+
+/* The connection a token names, or NULL once its slot was freed or reused. */
+static inline lk_conn *lk_conn_from_token(lk_worker *w, uint64_t token)
+{
+    uint32_t slot = (uint32_t)token;
+    if (slot >= w->max_conns)
+        return NULL;
+    lk_conn *c = &w->conns[slot];
+    return c->gen == (uint32_t)(token >> 32) && c->state != LK_CS_FREE ? c : NULL;
+}
 
 int lk_worker_init(lk_worker *w, lk_relay *r, uint32_t index);
 void lk_worker_destroy(lk_worker *w);

@@ -61,5 +61,15 @@ def last_error() -> str:
 
 
 def error_text(rc: int) -> str:
-    """`<lk_strerror(rc)>: <detail>` for an lk_error code just returned."""
-    return f"{ffi.string(lib.lk_strerror(rc)).decode()}: {last_error()}"
+    """`<lk_strerror(rc)>: <detail>` for an lk_error code just returned. A config check's
+    detail (one "field<TAB>why<TAB>fix" line per problem) is written out as sentences."""
+    from labkit.problems import python_text
+
+    lines = []
+    for line in last_error().split("\n"):
+        parts = line.split("\t")
+        if len(parts) == 3:
+            field, why, fix = parts
+            line = f"{field} {why}" + (f": {python_text(fix)}" if fix else "")
+        lines.append(line)
+    return f"{ffi.string(lib.lk_strerror(rc)).decode()}: " + "; ".join(lines)

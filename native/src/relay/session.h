@@ -1,0 +1,23 @@
+/* session.h — a connection's input side (session.c): TLS records -> HTTP request ->
+ * DERP handshake -> steady-state frames, fed incrementally from whatever the backend
+ * received.  A session never closes its connection itself: it dooms it (worker.h),
+ * and it leaves a handshaked connection in LK_CS_HANDOFF for the lifecycle layer to
+ * move to the worker that owns its key. */
+#ifndef LK_SESSION_H
+#define LK_SESSION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "relay/worker.h"
+
+/* A new connection on the acceptor: expect TLS or HTTP, under the handshake deadline. */
+void lk_session_start(lk_worker *w, lk_conn *c);
+/* A handshaked connection arrived on its owning worker: steady state from here. */
+void lk_session_resume(lk_worker *w, lk_conn *c);
+/* Bytes as the socket gave them (ciphertext under userspace TLS). */
+void lk_session_received(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n);
+/* Plaintext DERP bytes (what the client pipelined before its handoff). */
+void lk_session_feed(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n);
+
+#endif
