@@ -3,6 +3,7 @@
     import labkit
     caps = labkit.caps()          # also: python -m labkit.caps, labkit doctor [--json]
     caps["ktls"].ok, caps["ktls"].detail, caps["ktls"].todo
+    caps.allows("tls:ktls")       # (ok, why not): what the dashboard asks of each option
 
 Each check really tries the thing where that is cheap and harmless (an io_uring ring, a
 `tls` ULP and both key directions on a loopback TCP connection, a one-event `perf stat`)
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import glob
 import json
 import os
@@ -41,6 +43,12 @@ _TLS_1_3_VERSION = 0x0304
 _TLS_CIPHER_AES_GCM_128 = 51
 
 
+# What each option the lab offers needs of the machine: option -> the capability that must
+# not be missing. Options are "field:value" ("io:uring", "tls:ktls", "switch:sqpoll") or a
+# measurement source ("perf"); one that is not listed needs nothing a probe can see.
+NEEDS = {"io:uring": "io_uring", "tls:ktls": "ktls", "perf": "perf"}
+
+
 @dataclass(frozen=True)
 class Capability:
     name: str
@@ -48,12 +56,28 @@ class Capability:
     detail: str
     todo: str = ""  # what to do about it; empty when nothing needs doing
 
+    @property
+    def reason(self) -> str:
+        """The detail, with what to do about it: "no tls ULP … (to do: sudo modprobe tls)"."""
+        if not self.todo:
+            return self.detail
+        return f"{self.detail} (to do: {self.todo})" if self.detail else self.todo
+
 
 class Caps:
     """The probe's results in order; index by name (caps["io_uring"])."""
 
     def __init__(self, items: list[Capability]) -> None:
         self.items = items
+
+    def allows(self, option: str) -> tuple[bool, str]:
+        """(True, "") where this machine can honour `option` (see NEEDS), else (False, why
+        not and what to do). An unknown capability ("?") does not forbid anything."""
+        need = NEEDS.get(option)
+        cap = next((c for c in self.items if c.name == need), None)
+        if cap is None or cap.ok is not False:
+            return True, ""
+        return False, cap.reason or "not available on this machine"
 
     def __getitem__(self, name: str) -> Capability:
         for c in self.items:
@@ -336,6 +360,12 @@ def probe(fresh: bool = False) -> Caps:
     fresh=True repeats checks that are cached across processes (the sandbox boot)."""
     return Caps([check_sandbox(fresh) if check is check_sandbox else check()
                  for check in CHECKS])
+
+
+@functools.cache
+def current() -> Caps:
+    """probe(), once per process: what a run records and the dashboard asks."""
+    return probe()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,15 +22,21 @@ class CounterLayoutError(RuntimeError):
 
 
 @cache
-def counter_names() -> tuple[str, ...]:
-    """Counter names in index order: LK_C_FRAMES_IN -> "frames_in", LK_G_POOL_FREE ->
-    "pool_free" (the enum is the only list of names, so a new counter needs no Python)."""
+def counter_enum() -> tuple[tuple[str, str], ...]:
+    """(enum element, counter name) in index order: ("LK_C_FRAMES_IN", "frames_in"),
+    ("LK_G_POOL_FREE", "pool_free"). The enum is the only list of counters, so a new one
+    needs no Python; the element keeps the prefix that labkit.counters.kinds reads."""
     elements: dict[int, str] = ffi.typeof("enum lk_counter").elements
-    names = []
+    out = []
     for value in range(lib.LK_C__COUNT):
-        name = elements[value]
-        names.append(name.removeprefix("LK_C_").removeprefix("LK_G_").lower())
-    return tuple(names)
+        element = elements[value]
+        out.append((element, element.removeprefix("LK_C_").removeprefix("LK_G_").lower()))
+    return tuple(out)
+
+
+def counter_names() -> tuple[str, ...]:
+    """Counter names in index order: LK_C_FRAMES_IN -> "frames_in"."""
+    return tuple(name for _, name in counter_enum())
 
 
 class ShmCounters:

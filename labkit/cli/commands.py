@@ -1,11 +1,14 @@
-"""The `labkit` command line."""
+"""The `labkit` command: its parser and dispatch. relay, load, doctor and sandbox are
+handled here; run, sweep and report in labkit.cli.experiments."""
 
 import argparse
 
-from labkit import caps, cli_experiments, load, load_host, relay_host
-from labkit.cli_args import Parser
+from labkit import caps
+from labkit.cli import experiments
+from labkit.cli.args import Parser
 from labkit.config import ConfigError, add_arguments, from_namespace
 from labkit.hosts import sandbox
+from labkit.procs import load, load_host, relay_host
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +36,7 @@ def _main(argv: list[str] | None) -> int:
         "a ready line once connected, one result line at the end.",
     )
     load.add_arguments(load_cmd)
-    cli_experiments.add_commands(sub)  # run, sweep, report
+    experiments.add_commands(sub)  # run, sweep, report
     doctor = sub.add_parser(
         "doctor",
         help="what this machine can do: io_uring, kTLS, perf, py-spy, sandbox",
@@ -67,8 +70,8 @@ def _main(argv: list[str] | None) -> int:
         if not command:
             parser.exit(2, "labkit sandbox: give a command after --\n")
         return sandbox.main(command, args.timeout, args.results, args.mem, args.quiet)
-    if args.command in cli_experiments.COMMANDS:
-        return cli_experiments.main(args, sub.choices[args.command], argv)
+    if args.command in experiments.COMMANDS:
+        return experiments.main(args, sub.choices[args.command], argv)
     if args.command == "load":
         try:
             load_cfg = load.from_namespace(args).validate()
