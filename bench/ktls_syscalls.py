@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from labkit import Relay, RelayConfig, caps  # noqa: E402
-from labkit.load import Load, LoadConfig  # noqa: E402
+from labkit.procs.load import Load, LoadConfig  # noqa: E402
 
 SYSCALLS = ("sys_read", "sys_write", "sys_writev", "sys_epoll_wait", "sys_epoll_ctl",
             "sys_io_uring_enter", "sys_accept", "sys_close", "sys_other")

@@ -6,7 +6,7 @@
 
 For each mode (epoll as a classic event loop, epoll with coalesced sends, io_uring with
 every switch, and io_uring with each switch off in turn) it runs the same load through
-labkit.experiment.sweep: interleaved repeats (A B C … A B C …, so machine drift hits every
+labkit.sweep: interleaved repeats (A B C … A B C …, so machine drift hits every
 mode alike), relay and load generator pinned to different CPUs, and prints medians:
 delivered Mbit/s, packets/s, loss, relay CPU (user/system), packets per relay CPU-second,
 syscalls per forwarded packet (perf's raw_syscalls on the relay's threads where perf works,
@@ -26,10 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from labkit.config import RelayConfig
-from labkit.experiment import run, sweep
-from labkit.load import LoadConfig
-from labkit.relay import Relay
+from labkit import LoadConfig, Relay, RelayConfig, run, sweep
 
 # Mode name -> RelayConfig fields.  Multishot receives need provided buffers, so turning
 # provided buffers off turns multishot off too (the relay refuses the other combination).

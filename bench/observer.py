@@ -37,7 +37,7 @@ from labkit.counters.perf import PerfStat, perf_status  # noqa: E402
 from labkit.counters.procfs import ProcThreads  # noqa: E402
 from labkit.counters.sampler import Sampler  # noqa: E402
 from labkit.counters.shm import ShmCounters  # noqa: E402
-from labkit.load import Load, LoadConfig  # noqa: E402
+from labkit.procs.load import Load, LoadConfig  # noqa: E402
 
 
 class ShmReader:

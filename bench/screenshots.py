@@ -37,7 +37,7 @@ from browser_helpers import (  # noqa: E402
 
 SHOTS = ROOT / "build" / "screenshots"
 CELL = """\
-from labkit.widgets import Dashboard
+from labkit.views.dashboard import Dashboard
 d = Dashboard(hz=5)
 d.io.value = "uring"
 d.rate.value = 400

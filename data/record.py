@@ -19,8 +19,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from labkit import RelayConfig, experiment, store  # noqa: E402
-from labkit.load import Load, LoadConfig  # noqa: E402
+from labkit import RelayConfig  # noqa: E402
+from labkit.lab import experiment, store  # noqa: E402
+from labkit.procs.load import Load, LoadConfig  # noqa: E402
 
 OFF = dict(batch=False, multishot=False, provided_buffers=False, coalesce=False)
 ON = dict(batch=True, multishot=True, provided_buffers=True, coalesce=True)

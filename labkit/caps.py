@@ -3,6 +3,7 @@
     import labkit
     caps = labkit.caps()          # also: python -m labkit.caps, labkit doctor [--json]
     caps["ktls"].ok, caps["ktls"].detail, caps["ktls"].todo
+    caps.allows("tls:ktls")       # (ok, why not): what the dashboard asks of each option
 
 Each check really tries the thing where that is cheap and harmless (an io_uring ring, a
 `tls` ULP and both key directions on a loopback TCP connection, a one-event `perf stat`)
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import glob
 import json
 import os
@@ -41,6 +43,13 @@ _TLS_1_3_VERSION = 0x0304
 _TLS_CIPHER_AES_GCM_128 = 51
 
 
+# What each option the lab offers needs of the machine: option -> the capability that must
+# not be missing. Options are "field:value" ("io:uring", "tls:ktls", "switch:sqpoll") or a
+# measurement source ("perf"); one that is not listed needs nothing a probe can see. Each
+# switch "switch:NAME" is its own capability, probed from the contract's switch table.
+NEEDS = {"io:uring": "io_uring", "tls:ktls": "ktls", "perf": "perf"}
+
+
 @dataclass(frozen=True)
 class Capability:
     name: str
@@ -48,12 +57,28 @@ class Capability:
     detail: str
     todo: str = ""  # what to do about it; empty when nothing needs doing
 
+    @property
+    def reason(self) -> str:
+        """The detail, with what to do about it: "no tls ULP … (to do: sudo modprobe tls)"."""
+        if not self.todo:
+            return self.detail
+        return f"{self.detail} (to do: {self.todo})" if self.detail else self.todo
+
 
 class Caps:
     """The probe's results in order; index by name (caps["io_uring"])."""
 
     def __init__(self, items: list[Capability]) -> None:
         self.items = items
+
+    def allows(self, option: str) -> tuple[bool, str]:
+        """(True, "") where this machine can honour `option` (see NEEDS), else (False, why
+        not and what to do). An unknown capability ("?") does not forbid anything."""
+        need = option if option.startswith("switch:") else NEEDS.get(option)
+        cap = next((c for c in self.items if c.name == need), None)
+        if cap is None or cap.ok is not False:
+            return True, ""
+        return False, cap.reason or "not available on this machine"
 
     def __getitem__(self, name: str) -> Capability:
         for c in self.items:
@@ -327,15 +352,56 @@ def check_sandbox(fresh: bool = False) -> Capability:
     return Capability("sandbox", False, f"{what}: {check.detail} ({when})", todo)
 
 
+def check_switches(io_uring: Capability) -> list[Capability]:
+    """One row per switch of the contract: does this kernel honour it? Each io_uring
+    switch (with what it requires) is tried on a ring set up as a relay worker would."""
+    try:
+        from labkit.native import contract, error_text, lib
+    except ImportError as e:
+        return [Capability("switch:*", None, f"not probed: {e}", "make setup")]
+    rows = []
+    for s in contract.SWITCHES.values():
+        needs = f"needs {s.kernel}" if s.kernel else "needs nothing special of the kernel"
+        if not s.applies_to("uring"):
+            rows.append(Capability(f"switch:{s.name}", True, f"{s.help} ({needs})"))
+            continue
+        if io_uring.ok is not True:
+            rows.append(Capability(f"switch:{s.name}", None, "not probed: io_uring is not "
+                                   "available", io_uring.todo))
+            continue
+        bits = contract.switch_bits(dict.fromkeys((s.name, *s.requires), True))
+        rc = lib.lk_io_uring_probe(bits)
+        if rc == lib.LK_OK:
+            rows.append(Capability(f"switch:{s.name}", True, f"{s.help} ({needs})"))
+        else:
+            rows.append(Capability(f"switch:{s.name}", False, error_text(rc),
+                                   f"leave {s.name} off here ({needs})"))
+    return rows
+
+
+def check_shaping() -> Capability:
+    """Which qdiscs this kernel has for the testbed's links (labkit.hosts.qdisc)."""
+    from labkit.hosts import qdisc
+
+    return Capability("shaping", *qdisc.doctor_check())
+
+
 CHECKS = (check_kernel, check_cpus, check_io_uring, check_ktls, check_perf, check_pyspy,
-          check_sandbox)
+          check_sandbox, check_shaping)
 
 
 def probe(fresh: bool = False) -> Caps:
     """Run every check (about a second, mostly perf; the sandbox's first boot adds one).
     fresh=True repeats checks that are cached across processes (the sandbox boot)."""
-    return Caps([check_sandbox(fresh) if check is check_sandbox else check()
-                 for check in CHECKS])
+    items = [check_sandbox(fresh) if check is check_sandbox else check() for check in CHECKS]
+    uring = next(c for c in items if c.name == "io_uring")
+    return Caps(items + check_switches(uring))
+
+
+@functools.cache
+def current() -> Caps:
+    """probe(), once per process: what a run records and the dashboard asks."""
+    return probe()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA_RUNS = ROOT / "data" / "runs"  # labkit.store.RECORDED_DIR
+DATA_RUNS = ROOT / "data" / "runs"  # labkit.lab.store.RECORDED_DIR
 QUICK = os.environ.get("LABKIT_QUICK", "").strip() not in ("", "0")
 
 
@@ -57,8 +57,7 @@ def caps() -> Any:
 def have(name: str) -> tuple[bool, str]:
     """(available, what is missing and what to do) for one capability of labkit.caps()."""
     c = caps()[name]
-    why = c.detail + (f" (to do: {c.todo})" if c.todo else "")
-    return bool(c.ok), why
+    return bool(c.ok), c.reason
 
 
 def show(*layouts: Any, width: int = 900) -> None:
@@ -68,7 +67,7 @@ def show(*layouts: Any, width: int = 900) -> None:
     from bokeh.layouts import row
     from bokeh.models import Div
 
-    from labkit import plots
+    from labkit.views import plots
 
     plots.load_bokehjs()
     if len(layouts) == 1:
@@ -92,9 +91,9 @@ def machine_label(row: pd.Series | dict[str, Any]) -> str:
 
 def recorded(sweep: str | None = None, where: Path = DATA_RUNS,
              **equals: Any) -> tuple[pd.DataFrame, str]:
-    """Reference runs stored in data/runs (labkit.store), optionally one sweep's and
+    """Reference runs stored in data/runs (labkit.lab.store), optionally one sweep's and
     filtered by column == value, and the label every figure drawn from them must carry."""
-    from labkit import store
+    from labkit.lab import store
 
     runs = store.load(where) if where.exists() else pd.DataFrame()
     if not runs.empty and sweep is not None:

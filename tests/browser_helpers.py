@@ -51,7 +51,7 @@ def wait_listening(lab: subprocess.Popen[bytes], port: int, deadline: float) -> 
     """Read JupyterLab's log until it says it serves on our port, then keep draining it
     (a full pipe would block the server)."""
     sys.path.insert(0, str(ROOT))
-    from labkit.process import LineReader, Tail
+    from labkit.procs.child import LineReader, Tail
 
     assert lab.stderr is not None
     reader = LineReader(lab.stderr)

@@ -1,6 +1,6 @@
 """Shared fixtures: relays per mode (tests/modes.py) and DERP clients connected to them.
 
-labkit.relay is imported lazily so unit tests still collect where the native module is
+labkit.procs.relay is imported lazily so unit tests still collect where the native module is
 not built.
 """
 

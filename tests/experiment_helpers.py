@@ -5,14 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from labkit import experiment, store
 from labkit.config import RelayConfig
-from labkit.load import LoadConfig
+from labkit.counters.ticks import TICK_KEYS
+from labkit.lab import store
+from labkit.lab.result import Result
+from labkit.lab.window import FIGURES
+from labkit.procs.load import LoadConfig
 
 
 def fake_result(io: str = "epoll", rate: float = 100.0, repeat: int = 0, seed: int = 0,
                 status: str = "ok", workers: int = 1, ticks: int = 20,
-                sweep: str = "fake") -> experiment.Result:
+                sweep: str = "fake") -> Result:
     """A Result shaped like experiment.run()'s, with plausible numbers."""
     rng = np.random.default_rng(seed)
     uring = io == "uring"
@@ -28,7 +31,7 @@ def fake_result(io: str = "epoll", rate: float = 100.0, repeat: int = 0, seed: i
         "sweep": sweep, "point": f"{io}{rate:g}w{workers}", "repeat": repeat,
         "pinned": True, "pinning": "relay on CPU 0, load on CPU 1",
     }
-    for k in experiment.METRICS:
+    for k in FIGURES:
         summary[k] = float("nan")
     if status == "ok":
         summary |= {
@@ -41,7 +44,7 @@ def fake_result(io: str = "epoll", rate: float = 100.0, repeat: int = 0, seed: i
             "lat_p99_us": lat[2], "lat_p999_us": lat[3], "lat_max_us": lat[4],
         }
     t = np.arange(1, ticks + 1) / 10
-    ts = pd.DataFrame({k: rng.random(ticks) * 100 for k in experiment.TICK_KEYS})
+    ts = pd.DataFrame({k: rng.random(ticks) * 100 for k in TICK_KEYS})
     ts["t"] = t
     ts["mbps"] = np.where(t > 0.3, mbps, mbps * t / 0.3)
     ts["phase"] = np.where(t < 0.5, "warmup", "window")
@@ -53,11 +56,11 @@ def fake_result(io: str = "epoll", rate: float = 100.0, repeat: int = 0, seed: i
         "sources": {"relay": "live", "perf": "unavailable: test"},
         "capabilities": {"io_uring": {"ok": True, "detail": "works", "todo": ""}},
     }
-    return experiment.Result(pd.Series(summary, dtype=object), ts, meta)
+    return Result(pd.Series(summary, dtype=object), ts, meta)
 
 
 def fake_sweep(ios: tuple[str, ...] = ("epoll", "uring"), rates: tuple[float, ...] = (100, 300),
-               repeats: int = 3, workers: tuple[int, ...] = (1,)) -> list[experiment.Result]:
+               repeats: int = 3, workers: tuple[int, ...] = (1,)) -> list[Result]:
     out = []
     seed = 0
     for rep in range(repeats):
@@ -69,5 +72,5 @@ def fake_sweep(ios: tuple[str, ...] = ("epoll", "uring"), rates: tuple[float, ..
     return out
 
 
-def runs_frame(results: list[experiment.Result]) -> pd.DataFrame:
+def runs_frame(results: list[Result]) -> pd.DataFrame:
     return pd.DataFrame([r.summary.to_dict() for r in results])

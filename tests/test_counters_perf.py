@@ -23,7 +23,7 @@ from labkit import Relay, RelayConfig
 from labkit.counters import perf as perfmod
 from labkit.counters.perf import PerfStat, PerfUnavailable, parse_line, perf_status
 from labkit.counters.procfs import ProcThreads
-from labkit.load import Load, LoadConfig
+from labkit.procs.load import Load, LoadConfig
 
 IO_MODES = ["epoll", "uring"]
 

@@ -13,7 +13,7 @@ import labkit
 from labkit import Relay, RelayConfig
 from labkit.counters import pyspy
 from labkit.counters.perf import perf_status
-from labkit.load import Load, LoadConfig
+from labkit.procs.load import Load, LoadConfig
 
 FRAMES = {"epoll": ("ep_wait", "ep_readable"), "uring": ("ur_wait",)}
 

@@ -13,8 +13,9 @@ from counters_helpers import wait_for
 from labkit import Relay, RelayConfig
 from labkit.counters import perf as perfmod
 from labkit.counters.perf import PerfStatus
-from labkit.counters.sampler import RATE_KEYS, Sampler
-from labkit.load import Load, LoadConfig
+from labkit.counters.sampler import Sampler
+from labkit.counters.ticks import TICK_KEYS
+from labkit.procs.load import Load, LoadConfig
 
 EXPECTED_KEYS = {"t", "mbps", "pps", "syscalls_per_s", "perf_syscalls_per_s",
                  "ctx_switches_per_s", "relay_cpu_pct", "load_cpu_pct", "drops_per_s",
@@ -22,7 +23,7 @@ EXPECTED_KEYS = {"t", "mbps", "pps", "syscalls_per_s", "perf_syscalls_per_s",
 
 
 def test_rate_keys_are_the_published_contract() -> None:
-    assert set(RATE_KEYS) == EXPECTED_KEYS and len(RATE_KEYS) == len(EXPECTED_KEYS)
+    assert set(TICK_KEYS) == EXPECTED_KEYS and len(TICK_KEYS) == len(EXPECTED_KEYS)
 
 
 def test_sampler_under_load_at_10hz() -> None:
@@ -46,7 +47,7 @@ def test_sampler_under_load_at_10hz() -> None:
     df = sampler.ticks()
     assert threads == {"labkit-sampler-t1"}
     assert all(set(row) == EXPECTED_KEYS for row in live)
-    assert list(df.columns[: len(RATE_KEYS) + 2]) == [*RATE_KEYS, "run_id", "io"]
+    assert list(df.columns[: len(TICK_KEYS) + 2]) == [*TICK_KEYS, "run_id", "io"]
     assert (df["run_id"] == "t1").all() and (df["io"] == "epoll").all()
     for prefix in ("relay.", "load.", "proc.relay.", "proc.load."):
         assert any(c.startswith(prefix) for c in df.columns), prefix

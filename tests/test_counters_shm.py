@@ -16,12 +16,27 @@ import pytest
 from counters_helpers import settled, wait_for
 
 from labkit import Relay, RelayConfig
+from labkit.counters import kinds
 from labkit.counters.shm import ShmCounters, counter_names
-from labkit.load import Load, LoadConfig
+from labkit.procs.load import Load, LoadConfig
 
 # up and down (pool_size is constant); queue_depth_max only goes up
 GAUGES = {"conns_current", "queue_depth", "pool_free", "pool_size"}
 IO_MODES = ["epoll", "uring"]
+
+
+def test_counter_kinds_follow_the_enum() -> None:
+    """kinds.info, from the contract's counter table: counters only grow, four are gauges
+    and queue_depth_max is a gauge's high-water mark; the syscall and drop groups are the
+    sys_* and drop_* counters."""
+    names = counter_names()
+    assert {n for n in names if kinds.info(n).kind == kinds.GAUGE} == GAUGES
+    assert {n for n in names if kinds.info(n).kind == kinds.HIGH_WATER} == {"queue_depth_max"}
+    assert set(kinds.in_group(names, kinds.SYSCALLS)) == {n for n in names if n[:4] == "sys_"}
+    assert set(kinds.in_group(names, kinds.DROPS)) == {n for n in names if n[:5] == "drop_"}
+    rows = [{"queue_depth_max": 3, "frames_in": 1, "ns": 5, "tid": 9},
+            {"queue_depth_max": 2, "frames_in": 4, "ns": 6, "tid": 10}]
+    assert kinds.sum_slots(rows) == {"queue_depth_max": 3, "frames_in": 5}
 
 
 @pytest.mark.parametrize("io", IO_MODES)

@@ -1,4 +1,4 @@
-"""labkit.experiment: statistics against scipy, grids, validation, and real runs and sweeps
+"""labkit.lab: statistics against scipy, grids, sweep files, validation, and real runs and sweeps
 (short windows so the whole file stays well under a minute)."""
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ import pytest
 from experiment_helpers import fake_sweep, runs_frame
 from scipy import stats as sps
 
-from labkit import experiment, store
 from labkit.config import ConfigError, RelayConfig
-from labkit.load import LoadConfig
+from labkit.counters.ticks import TICK_KEYS
+from labkit.lab import experiment, stats, store, sweepfile
+from labkit.lab.result import RunFailed
+from labkit.procs import pinning
+from labkit.procs.load import LoadConfig
 
 SHORT = {"duration": 0.5, "warmup": 0.2}
 
@@ -28,7 +31,7 @@ SHORT = {"duration": 0.5, "warmup": 0.2}
 
 def test_summarize_matches_scipy_t_interval() -> None:
     runs = runs_frame(fake_sweep(repeats=4))
-    st = experiment.summarize(runs, by=["io", "rate_mbps"])
+    st = stats.summarize(runs, by=["io", "rate_mbps"])
     row = st[(st["io"] == "uring") & (st["rate_mbps"] == 300)
              & (st["metric"] == "syscalls_per_packet")].iloc[0]
     x = runs[(runs["io"] == "uring") & (runs["rate_mbps"] == 300)]["syscalls_per_packet"]
@@ -43,14 +46,14 @@ def test_summarize_matches_scipy_t_interval() -> None:
 def test_summarize_ignores_failed_runs_and_single_runs_have_no_ci() -> None:
     runs = runs_frame(fake_sweep(repeats=1))
     runs.loc[0, "status"] = "failed"
-    st = experiment.summarize(runs, by=["io", "rate_mbps"], metrics=["mbps"])
+    st = stats.summarize(runs, by=["io", "rate_mbps"], metrics=["mbps"])
     assert st["n"].max() == 1 and st["ci_low"].isna().all()
     assert len(st) == len(runs) - 1
 
 
 def test_welch_matches_scipy() -> None:
     runs = runs_frame(fake_sweep(repeats=3))
-    cmp = experiment.welch(runs, factor="io", a="epoll", b="uring", by=["rate_mbps"],
+    cmp = stats.welch(runs, factor="io", a="epoll", b="uring", by=["rate_mbps"],
                            metrics=["syscalls_per_packet"])
     assert len(cmp) == 2
     row = cmp[cmp["rate_mbps"] == 100].iloc[0]
@@ -107,27 +110,27 @@ def test_run_rejects_bad_config_before_starting_anything() -> None:
 
 
 def test_plan_pinning() -> None:
-    assert experiment.plan_pinning(1, [0, 1]) == ((0,), (1,), "relay on CPU 0, load on CPU 1")
-    relay, load, note = experiment.plan_pinning(4, [0, 1, 2])
+    assert pinning.plan_pinning(1, [0, 1]) == ((0,), (1,), "relay on CPU 0, load on CPU 1")
+    relay, load, note = pinning.plan_pinning(4, [0, 1, 2])
     assert relay == (0, 1) and load == (2,) and "4 relay workers share 2 CPU" in note
-    assert experiment.plan_pinning(1, [3])[0] == ()
+    assert pinning.plan_pinning(1, [3])[0] == ()
 
 
 def test_sweep_toml_errors(tmp_path: Path) -> None:
     p = tmp_path / "s.toml"
     p.write_text('name = "x"\nbogus = 1\n[grid]\nio = ["epoll"]\n')
     with pytest.raises(ConfigError, match="unknown key.*bogus"):
-        experiment.sweep_args_from_toml(p)
+        sweepfile.sweep_args_from_toml(p)
     p.write_text("[relay]\nio = 'epoll'\n")
     with pytest.raises(ConfigError, match=r"\[grid\] table is required"):
-        experiment.sweep_args_from_toml(p)
+        sweepfile.sweep_args_from_toml(p)
     p.write_text("[load]\nport = 5\n[grid]\nio = ['epoll']\n")
     with pytest.raises(ConfigError, match="follows the relay"):
-        experiment.sweep_args_from_toml(p)
+        sweepfile.sweep_args_from_toml(p)
     p.write_text("[relay]\nflux = 1\n[grid]\nio = ['epoll']\n")
     with pytest.raises(ConfigError, match=r"\[relay\].*flux"):
-        experiment.sweep_args_from_toml(p)
-    kw = experiment.sweep_args_from_toml(Path(__file__).parent.parent / "bench"
+        sweepfile.sweep_args_from_toml(p)
+    kw = sweepfile.sweep_args_from_toml(Path(__file__).parent.parent / "bench"
                                          / "sweep-epoll-vs-uring.toml")
     assert kw["grid"]["io"] == ["epoll", "uring"] and len(kw["grid"]["rate_mbps"]) == 3
     assert kw["repeats"] == 3 and kw["compare"] == ("io", "epoll", "uring")
@@ -158,8 +161,8 @@ def test_run_measures_a_window() -> None:
     else:
         assert np.isnan(s["perf_syscalls_per_packet"])
     ts = r.timeseries
-    assert set(experiment.TICK_KEYS) <= set(ts) and (ts["phase"] == "window").sum() >= 3
-    assert ticks and set(ticks[0]) == set(experiment.TICK_KEYS)
+    assert set(TICK_KEYS) <= set(ts) and (ts["phase"] == "window").sum() >= 3
+    assert ticks and set(ticks[0]) == set(TICK_KEYS)
     assert r.meta["pinning"]["note"] == s["pinning"] and r.meta["sources"]["relay"] == "live"
     assert r.meta["relay_config"]["io"] == "uring" and r.meta["git_revision"]
 
@@ -171,7 +174,7 @@ def test_killed_relay_is_a_failed_result_or_an_error() -> None:
     r = experiment.run(RelayConfig(), LoadConfig(pairs=1, rate_mbps=50), check=False,
                        on_start=kill, **SHORT)
     assert r.status == "failed" and "relay died" in r.error and "signal 9" in r.error
-    with pytest.raises(experiment.RunFailed, match="relay died"):
+    with pytest.raises(RunFailed, match="relay died"):
         experiment.run(RelayConfig(), LoadConfig(pairs=1, rate_mbps=50), on_start=kill,
                        **SHORT)
 

@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conformance.helpers import ARRIVE, connect_to, wait_until  # noqa: E402
 
 from labkit import Relay, RelayConfig  # noqa: E402
-from labkit.load import Load, LoadConfig, LoadFailed  # noqa: E402
-from labkit.relay import RelayCrashed  # noqa: E402
+from labkit.procs.load import Load, LoadConfig, LoadFailed  # noqa: E402
+from labkit.procs.relay import RelayCrashed  # noqa: E402
 
 
 def _alive(pid: int) -> bool:

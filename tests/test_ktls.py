@@ -32,7 +32,7 @@ import pytest
 
 from labkit import Relay, RelayConfig, RelayCrashed, caps, derp, tlscert
 from labkit.hosts import sandbox
-from labkit.load import Load, LoadConfig
+from labkit.procs.load import Load, LoadConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 KTLS_HERE, KTLS_WHY = caps.ktls_probe()

@@ -2,7 +2,7 @@
 agrees with the relay's own counters, latency figures, echo mode, early stop, failures.
 
 Every run is short (about 1-2 s measured) and bounded by Load.wait's timeout; processes
-are stopped by pid only (labkit.process). Servers bind 127.0.0.1 only.
+are stopped by pid only (labkit.procs.child). Servers bind 127.0.0.1 only.
 """
 
 import json
@@ -18,7 +18,7 @@ import pytest
 from modes import RELAY_MODES
 
 from labkit import ConfigError, Relay, RelayConfig
-from labkit.load import Load, LoadConfig, LoadFailed, LoadResult
+from labkit.procs.load import Load, LoadConfig, LoadFailed, LoadResult
 
 # io {epoll, uring} x TLS {off, user} from the shared matrix (tests/modes.py), one worker:
 # a load run costs seconds, so the conformance suite covers the rest of the matrix.

@@ -1,4 +1,4 @@
-"""labkit.plots: every figure titled, with units, hover and caption; the live panel's
+"""labkit.views.plots: every figure titled, with units, hover and caption; the live panel's
 thread hand-off and rollover."""
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import pytest
 from bokeh.models import HoverTool, Whisker
 from experiment_helpers import fake_sweep, runs_frame
 
-from labkit import experiment, plots
+from labkit.counters.ticks import TICK_KEYS
+from labkit.lab.stats import summarize
+from labkit.views import plots
 
 
 def _tick(i: int) -> dict[str, float]:
-    return {k: float(i) for k in experiment.TICK_KEYS}
+    return {k: float(i) for k in TICK_KEYS}
 
 
 def _check_figure(layout: Any) -> None:
@@ -40,7 +42,7 @@ def _check_figure(layout: Any) -> None:
 def sweep_data() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     results = fake_sweep(repeats=3, workers=(1, 2))
     runs = runs_frame(results)
-    stats = experiment.summarize(runs, by=["io", "rate_mbps", "workers"])
+    stats = summarize(runs, by=["io", "rate_mbps", "workers"])
     ts = pd.concat([r.timeseries.assign(run_id=r.summary["run_id"], io=r.summary["io"],
                                         rate_mbps=r.summary["rate_mbps"]) for r in results])
     return runs, stats, ts

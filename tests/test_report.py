@@ -1,4 +1,4 @@
-"""labkit.report and the CLI end to end: `labkit sweep` over {epoll, uring} x 3 rates x 3
+"""labkit.views.report and the CLI end to end: `labkit sweep` over {epoll, uring} x 3 rates x 3
 repeats stores parquet, `labkit report` writes one self-contained page, and headless
 Chromium renders it (the screenshot goes to build/screenshots/)."""
 
@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from experiment_helpers import fake_result, fake_sweep
 
-from labkit import report, store
+from labkit.lab import store
+from labkit.views import report
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "build" / "screenshots"

@@ -102,7 +102,7 @@ def test_run_sandbox_does_a_real_ktls_run_and_stores_it_on_the_host(tmp_path: Pa
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "UML sandbox" in p.stderr
-    from labkit import store
+    from labkit.lab import store
 
     runs = store.load(tmp_path)
     assert len(runs) == 1 and runs.iloc[0]["status"] == "ok"

@@ -17,8 +17,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from conformance.helpers import ARRIVE, connect_to  # noqa: E402
 
-from labkit import derp, relay_host, tlscert  # noqa: E402
+from labkit import derp, tlscert  # noqa: E402
 from labkit.config import RelayConfig  # noqa: E402
+from labkit.procs import relay_host  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

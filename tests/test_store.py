@@ -1,4 +1,4 @@
-"""labkit.store: atomic parquet per run, metadata, tidy load across files, clear errors."""
+"""labkit.lab.store: atomic parquet per run, metadata, tidy load across files, clear errors."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from experiment_helpers import fake_result
 
-from labkit import store
+from labkit.lab import store
 
 
 def _files(d: Path) -> list[str]:

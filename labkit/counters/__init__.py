@@ -1,8 +1,10 @@
 """Counter sources: the relay's own shared-memory counters (shm), perf, /proc, py-spy,
-and the one Sampler that puts them on a single timeline.
+and the one Sampler that puts them on a single timeline (its per-tick rates: ticks; what
+each counter is: kinds).
 
-Every name is loaded on first use: only shm needs the native module, so importing
-labkit.counters.procfs (say) does not build or load it.
+Every name is loaded on first use: only shm needs the native module (and kinds, which
+reads shm's enum when first asked), so importing labkit.counters.procfs (say) does not
+build or load it.
 """
 
 import importlib
@@ -15,7 +17,8 @@ _LAZY = {
     "ProcThreads": "procfs", "ProcSample": "procfs", "ThreadStat": "procfs",
     "FlameGraph": "pyspy", "ProfileUnavailable": "pyspy", "profile": "pyspy",
     "ptrace_status": "pyspy",
-    "Sampler": "sampler", "RATE_KEYS": "sampler",
+    "Sampler": "sampler", "TICK_KEYS": "ticks", "TICKS": "ticks",
+    "CounterInfo": "kinds", "sum_slots": "kinds",
 }
 
 __all__ = list(_LAZY)

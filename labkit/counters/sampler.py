@@ -11,9 +11,10 @@ ones after it, and a tick missed entirely is counted in `late_ticks`). `t` is se
 since start(). Rates are differences of cumulative counters over the actual time between
 two ticks, so a late tick does not distort them.
 
-Every tick calls each subscriber from the sampler thread with exactly RATE_KEYS. A
-source that cannot run (perf not permitted, a process gone) is labelled in `sources` and
-its figures are NaN; the other sources go on.
+Every tick calls each subscriber from the sampler thread with exactly TICK_KEYS (declared,
+with units and derivations, in labkit.counters.ticks). A source that cannot run (perf not
+permitted, a process gone) is labelled in `sources` and its figures are NaN; the other
+sources go on.
 """
 
 from __future__ import annotations
@@ -27,21 +28,10 @@ from typing import Any
 
 import pandas as pd
 
+from labkit.counters import kinds
 from labkit.counters.procfs import ProcThreads, ProcTotals
-from labkit.counters.slots import sum_slots
+from labkit.counters.ticks import TICK_KEYS, TICKS
 
-RATE_KEYS = (
-    "t",  # seconds since start()
-    "mbps",  # relay packet_bytes_forwarded rate x 8 / 1e6
-    "pps",  # relay packets_forwarded per second
-    "syscalls_per_s",  # the relay's own sys_* counters, summed
-    "perf_syscalls_per_s",  # perf raw_syscalls:sys_enter on the relay's threads (NaN: no perf)
-    "ctx_switches_per_s",  # relay process, /proc voluntary + involuntary
-    "relay_cpu_pct",  # relay user + system, % of one CPU
-    "load_cpu_pct",  # load generator, % of one CPU
-    "drops_per_s",  # relay drop_* counters, summed
-    "load_mbps",  # load generator's received payload, Mbps (NaN without a load)
-)
 PERF_SYSCALLS = "raw_syscalls:sys_enter"
 NAN = math.nan
 
@@ -61,7 +51,7 @@ class _ShmSource:
 
     def read(self) -> dict[str, int]:
         self.last_rows = self.shm.snapshot()
-        self.last = sum_slots(self.last_rows)
+        self.last = kinds.sum_slots(self.last_rows)
         return self.last
 
     def close(self) -> None:
@@ -91,7 +81,7 @@ class Sampler:
         self.hz = float(hz)
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.labels = dict(labels or {})
-        clash = set(self.labels) & ({"run_id", *RATE_KEYS})
+        clash = set(self.labels) & ({"run_id", *TICK_KEYS})
         if clash or any(k.startswith(("relay.", "load.", "proc.", "perf.")) for k in self.labels):
             raise ValueError(f"labels {sorted(self.labels)} clash with the sampler's columns")
         self.perf_mode = perf
@@ -153,7 +143,7 @@ class Sampler:
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call `callback(row)` once per tick from the sampler thread, row having exactly
-        RATE_KEYS. Keep it short: it runs on the sampler's clock. Returns an unsubscribe
+        TICK_KEYS. Keep it short: it runs on the sampler's clock. Returns an unsubscribe
         function."""
         with self._lock:
             self._subscribers.append(callback)
@@ -322,24 +312,22 @@ class Sampler:
                     return NAN
                 return (cur[key] - prev[key]) / dt
 
-            def rate_sum(prefix: str) -> float:
-                keys = [k for k in cur if k.startswith(prefix)]
+            def rate_sum(group: str) -> float:
+                relay = [k.removeprefix("relay.") for k in cur if k.startswith("relay.")]
+                keys = kinds.in_group(relay, group) if relay else []
                 if not keys:
                     return NAN
-                return sum(rate(k) for k in keys)
+                return sum(rate(f"relay.{k}") for k in keys)
 
-            row: dict[str, float] = {
-                "t": t,
-                "mbps": rate("relay.packet_bytes_forwarded") * 8 / 1e6,
-                "pps": rate("relay.packets_forwarded"),
-                "syscalls_per_s": rate_sum("relay.sys_"),
-                "perf_syscalls_per_s": self._perf_rate(),
-                "ctx_switches_per_s": rate("proc.relay.ctx_switches"),
-                "relay_cpu_pct": rate("proc.relay.cpu_s") * 100,
-                "load_cpu_pct": rate("proc.load.cpu_s") * 100,
-                "drops_per_s": rate_sum("relay.drop_"),
-                "load_mbps": rate("load.load_bytes_received") * 8 / 1e6,
-            }
+            own = {"t": t, "perf_syscalls_per_s": self._perf_rate()}  # the table derives no other
+            row: dict[str, float] = {}
+            for m in TICKS:
+                if m.rate_of:
+                    row[m.name] = rate(m.rate_of) * m.scale
+                elif m.group:
+                    row[m.name] = rate_sum(m.group)
+                else:
+                    row[m.name] = own[m.name]
             self._prev, self._prev_t = cur, t
             full: dict[str, Any] = dict(row)
             full["run_id"] = self.run_id
@@ -363,11 +351,11 @@ class Sampler:
     # ---- results ---------------------------------------------------------------------
 
     def ticks(self) -> pd.DataFrame:
-        """One row per tick: RATE_KEYS, run_id, the labels, then cumulative raw columns
+        """One row per tick: TICK_KEYS, run_id, the labels, then cumulative raw columns
         (relay.*, load.*, proc.*, perf.*)."""
         with self._lock:
             rows = list(self._rows)
-        front = [*RATE_KEYS, "run_id", *self.labels]
+        front = [*TICK_KEYS, "run_id", *self.labels]
         df = pd.DataFrame(rows)
         if df.empty:
             return pd.DataFrame(columns=front)
@@ -375,11 +363,11 @@ class Sampler:
         return df[[c for c in front if c in df.columns] + rest]
 
     def latest(self) -> dict[str, float] | None:
-        """The last tick's RATE_KEYS (None before the first)."""
+        """The last tick's TICK_KEYS (None before the first)."""
         with self._lock:
             if not self._rows:
                 return None
-            return {k: self._rows[-1][k] for k in RATE_KEYS}
+            return {k: self._rows[-1][k] for k in TICK_KEYS}
 
     @property
     def perf(self) -> Any:

@@ -8,10 +8,9 @@ snapshot is one memcpy-sized copy per worker, cheap enough for a 10 Hz plot.
 import mmap
 import os
 import time
-from functools import cache
 from typing import Any
 
-from labkit.native import ffi, last_error, lib
+from labkit.native import contract, ffi, last_error, lib
 
 SHM_DIR = "/dev/shm"
 BUSY_RETRY_S = 0.5  # how long a snapshot waits for a writer preempted mid-publication
@@ -21,16 +20,10 @@ class CounterLayoutError(RuntimeError):
     """The region is not a labkit counter region this build can read."""
 
 
-@cache
 def counter_names() -> tuple[str, ...]:
-    """Counter names in index order: LK_C_FRAMES_IN -> "frames_in", LK_C_POOL_FREE ->
-    "pool_free" (the enum is the only list of names, so a new counter needs no Python)."""
-    elements: dict[int, str] = ffi.typeof("enum lk_counter").elements
-    names = []
-    for value in range(lib.LK_C__COUNT):
-        name = elements[value]
-        names.append(name.removeprefix("LK_C_").removeprefix("LK_C_").lower())
-    return tuple(names)
+    """Counter names in slot order, from the contract's counter table (labkit.h): a new
+    counter there needs no Python."""
+    return tuple(contract.COUNTERS)
 
 
 class ShmCounters:

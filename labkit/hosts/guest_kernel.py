@@ -91,6 +91,7 @@ OPTIONS: tuple[tuple[str, str], ...] = (
     ("MCONSOLE", "needed by MAGIC_SYSRQ on UML"),
     ("MAGIC_SYSRQ", "init powers the guest off with sysrq 'o' when the command is done"),
     ("UML_RANDOM", "/dev/hwrng from the host's randomness"),
+    ("HIGH_RES_TIMERS", "netem delays to the microsecond, not to the 10 ms tick"),
     ("NET", "networking"),
     ("UNIX", "Unix sockets"),
     ("INET", "TCP/IP on loopback: relay and load generator"),

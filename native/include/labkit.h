@@ -219,6 +219,10 @@ int lk_relay_config_check(const lk_relay_config *cfg);
 int lk_relay_run(const lk_relay_config *cfg);
 /* Ask a running relay to stop.  Async-signal-safe, callable from any thread. */
 void lk_relay_stop(void);
+/* Can this kernel run an io_uring worker with these LK_SW_* switches?  Sets up (and
+ * tears down) a ring as a worker would: LK_OK, or LK_ERR_UNSUPPORTED / LK_ERR_SYSTEM
+ * with lk_last_error() naming what it refused. */
+int lk_io_uring_probe(uint32_t switches);
 
 /* ---- shared-memory counters ------------------------------------------------
  * The relay (and load generator) publish per-worker counters to a POSIX shm

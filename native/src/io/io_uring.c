@@ -216,15 +216,11 @@ static int probe_multishot(ur_state *s)
     return rc;
 }
 
-static int ur_init(lk_worker *w)
+/* The ring with these switches, its buffer ring and the multishot check: what the
+ * kernel must honour.  Shared by a worker's set-up and lk_io_uring_probe(). */
+static int setup_ring(ur_state *s, uint32_t sw)
 {
-    ur_state *s = calloc(1, sizeof *s);
-    if (!s)
-        return lk_fail(LK_ERR_NOMEM, "no memory for io_uring state");
-    w->io_state = s;
-    s->wake_fd = -1;
     s->ring.ring_fd = -1;
-    uint32_t sw = w->relay->cfg.switches;
     s->batch = (sw & LK_SW_BATCH) != 0;
     s->multishot = (sw & LK_SW_MULTISHOT) != 0;
     s->pbuf = (sw & LK_SW_PROVIDED_BUFFERS) != 0;
@@ -250,15 +246,45 @@ static int ur_init(lk_worker *w)
                        : rc == -EPERM ? " (io_uring disabled: see sysctl kernel.io_uring_disabled)"
                                       : "");
     }
+    if (s->pbuf && (rc = setup_buf_ring(s)) != LK_OK)
+        return rc;
+    if (s->multishot && (rc = probe_multishot(s)) != LK_OK)
+        return rc;
+    return LK_OK;
+}
+
+static void free_ring(ur_state *s)
+{
+    if (s->ring.ring_fd >= 0)
+        io_uring_queue_exit(&s->ring);
+    if (s->br)
+        munmap(s->br, UR_PBUF_COUNT * sizeof(struct io_uring_buf));
+    free(s->bufs);
+}
+
+int lk_io_uring_probe(uint32_t switches)
+{
+    ur_state s = {0};
+    int rc = setup_ring(&s, switches);
+    free_ring(&s);
+    return rc;
+}
+
+static int ur_init(lk_worker *w)
+{
+    ur_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return lk_fail(LK_ERR_NOMEM, "no memory for io_uring state");
+    w->io_state = s;
+    s->wake_fd = -1;
+    int rc = setup_ring(s, w->relay->cfg.switches);
+    if (rc != LK_OK)
+        return rc;
     /* at most one held buffer or one pending receive per connection, plus the ring */
     s->cap_parked = w->max_conns + UR_PBUF_COUNT;
     s->parked = malloc(s->cap_parked * sizeof *s->parked);
     if (!s->parked)
         return lk_fail(LK_ERR_NOMEM, "no memory for parked completions");
-    if (s->pbuf && (rc = setup_buf_ring(s)) != LK_OK)
-        return rc;
-    if (s->multishot && (rc = probe_multishot(s)) != LK_OK)
-        return rc;
     s->wake_fd = eventfd(0, EFD_CLOEXEC);
     if (s->wake_fd < 0)
         return lk_fail(LK_ERR_SYSTEM, "eventfd: %s", strerror(errno));
@@ -272,11 +298,7 @@ static int ur_init(lk_worker *w)
 static void ur_destroy(lk_worker *w)
 {
     ur_state *s = w->io_state;
-    if (s->ring.ring_fd >= 0)
-        io_uring_queue_exit(&s->ring);
-    if (s->br)
-        munmap(s->br, UR_PBUF_COUNT * sizeof(struct io_uring_buf));
-    free(s->bufs);
+    free_ring(s);
     free(s->parked);
     if (s->wake_fd >= 0)
         close(s->wake_fd);

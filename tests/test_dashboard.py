@@ -1,5 +1,5 @@
-"""labkit.widgets.Dashboard without a browser: controls, disabled options with reasons, a
-real run in the background, and Stop within a second."""
+"""labkit.views.dashboard.Dashboard without a browser: controls, disabled options with
+reasons, a real run in the background, and Stop within a second."""
 
 from __future__ import annotations
 
@@ -9,25 +9,26 @@ import time
 
 import pytest
 
-from labkit import widgets
+from labkit.caps import Capability, Caps
 from labkit.config import URING_ONLY, RelayConfig
+from labkit.views import dashboard
 
 
 def test_caps_report_becomes_disabled_options_with_reasons() -> None:
-    report = {
-        "io_uring": {"ok": False, "detail": "io_uring_setup: EPERM", "todo": "sysctl it"},
-        "ktls": {"ok": False, "detail": "no tls ULP", "todo": ""},
-        "perf": {"ok": True, "detail": "/usr/bin/perf", "todo": ""},
-        "cpus": {"ok": True, "detail": "2 usable"},
-    }
-    limits = widgets.limits_from_caps(report)
+    report = Caps([
+        Capability("io_uring", False, "io_uring_setup: EPERM", "sysctl it"),
+        Capability("ktls", False, "no tls ULP", ""),
+        Capability("perf", True, "/usr/bin/perf", ""),
+        Capability("cpus", True, "2 usable"),
+    ])
+    limits = dashboard.machine_limits(report)
     assert limits == {"io:uring": "io_uring_setup: EPERM (to do: sysctl it)",
                       "tls:ktls": "no tls ULP"}
-    assert isinstance(widgets.machine_limits(), dict)
+    assert isinstance(dashboard.machine_limits(), dict)
 
 
 def test_disabled_options_show_why() -> None:
-    d = widgets.Dashboard(limits={"io:uring": "no io_uring here", "tls:ktls": "no kTLS"})
+    d = dashboard.Dashboard(limits={"io:uring": "no io_uring here", "tls:ktls": "no kTLS"})
     assert d.io.buttons["uring"].disabled and d.io.buttons["uring"].tooltip == "no io_uring here"
     assert d.tls.buttons["ktls"].disabled and not d.tls.buttons["user"].disabled
     with pytest.raises(ValueError, match="no kTLS"):
@@ -36,7 +37,7 @@ def test_disabled_options_show_why() -> None:
 
 
 def test_io_choice_sets_switch_defaults_and_disables_uring_only() -> None:
-    d = widgets.Dashboard(limits={})
+    d = dashboard.Dashboard(limits={})
     for name in URING_ONLY:
         assert d.switches[name].disabled and d.switches[name].tooltip == "io_uring only"
     assert not d.switches["coalesce"].disabled
@@ -53,14 +54,14 @@ def test_io_choice_sets_switch_defaults_and_disables_uring_only() -> None:
 
 
 def test_invalid_config_is_refused_with_the_api_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    d = widgets.Dashboard(limits={})
+    d = dashboard.Dashboard(limits={})
     monkeypatch.setattr(d, "relay_config", lambda: RelayConfig(workers=0))
     assert d.on_run() is False and not d.running
     assert "invalid" in d.status.value and "workers=0" in d.status.value
 
 
 def test_run_fills_the_table_and_the_live_figure() -> None:
-    d = widgets.Dashboard(limits={}, hz=10)
+    d = dashboard.Dashboard(limits={}, hz=10)
     d.io.value = "uring"
     d.rate.value = 100
     d.pairs.value = 2
@@ -83,7 +84,7 @@ def test_run_fills_the_table_and_the_live_figure() -> None:
 
 
 def test_stop_ends_processes_within_a_second() -> None:
-    d = widgets.Dashboard(limits={}, hz=5)
+    d = dashboard.Dashboard(limits={}, hz=5)
     d.duration.value = 60
     d.warmup.value = 0.2
     d.pairs.value = 1

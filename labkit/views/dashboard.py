@@ -1,26 +1,24 @@
 """The dashboard: toggle the relay's optimisations and watch the effect live.
 
-    from labkit.widgets import Dashboard
+    from labkit.views.dashboard import Dashboard
     Dashboard()          # last expression of a cell: shows the panel
 
 Controls: io (epoll / io_uring), TLS (off / user / kTLS), workers, each io_uring switch,
-rate, message size, pairs, duration; Run and Stop; the live panel (labkit.plots.LivePanel)
-and a results table that grows by one row per run. An option this machine cannot honour
-is disabled, and the reason is shown beside the controls (machine_limits(): from
-labkit.caps() when it is there).
+rate, message size, pairs, duration; Run and Stop; the live panel
+(labkit.views.plots.LivePanel) and a results table that grows by one row per run. An
+option this machine cannot honour is disabled, and the reason is shown beside the controls
+(machine_limits(): every option asked of labkit.caps).
 
 Threads: Run starts experiment.run() on a background thread, so the notebook stays
 responsive and the live plot keeps moving (its updates are marshalled to the kernel's main
-thread, see labkit.plots). Widget changes made by that thread are marshalled the same way
-(the kernel IOLoop's add_callback). Stop signals the relay and the load generator by pid
-at once; they are gone within a second.
+thread, see labkit.views.plots). Widget changes made by that thread are marshalled the
+same way (the kernel IOLoop's add_callback). Stop signals the relay and the load
+generator by pid at once; they are gone within a second.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -28,25 +26,19 @@ from typing import Any
 import ipywidgets as W
 import pandas as pd
 
-from labkit import experiment
+from labkit import caps
 from labkit.config import MODE_DEFAULTS, SWITCHES, URING_ONLY, ConfigError, RelayConfig
-from labkit.load import LoadConfig
-from labkit.plots import LivePanel, _kernel_loop
+from labkit.lab import experiment
+from labkit.lab.result import Result
+from labkit.native import contract
+from labkit.procs.load import LoadConfig
+from labkit.views.plots import LivePanel, kernel_loop
 
 IO_CHOICES = (("epoll", "epoll"), ("uring", "io_uring"))
 TLS_CHOICES = (("off", "off"), ("user", "user TLS"), ("ktls", "kTLS"))
 TABLE_COLUMNS = ("run_id", "status", "io", "tls", "workers", "switches", "rate_mbps", "size",
                  "pairs", "mbps", "loss_pct", "syscalls_per_packet", "perf_syscalls_per_packet",
                  "ctx_switches_per_kpkt", "cpu_s_per_gbit", "lat_p99_us", "error")
-SWITCH_HELP = {
-    "batch": "submit many SQEs per io_uring_enter",
-    "multishot": "one recv SQE yields many completions",
-    "provided_buffers": "kernel picks receive buffers from a ring",
-    "coalesce": "gather queued packets into one writev/send",
-    "sqpoll": "a kernel thread polls the SQ (spins a core)",
-    "defer_taskrun": "run completions only when the relay asks",
-    "single_issuer": "one thread submits: cheaper locking",
-}
 
 
 _TABLE_CSS = ("<style>.labkit-results{border-collapse:collapse;font-size:12px}"
@@ -61,90 +53,26 @@ _SHORT_HEADERS = {"rate_mbps": "offered Mbit/s", "mbps": "Mbit/s", "loss_pct": "
 
 # ---- what the machine can honour ------------------------------------------------------------
 
-
-def machine_limits() -> dict[str, str]:
-    """Option -> why this machine cannot honour it; absent options are fine.
-
-    Keys: "io:uring", "tls:user", "tls:ktls", "switch:<name>", "perf". The one place the
-    dashboard asks: labkit.caps() when it exists, else a few direct probes.
-    """
-    report = experiment.capabilities()
-    if not report:
-        return _probe_fallback()
-    if "error" in report and len(report) == 1:  # a broken probe must not break the panel
-        return _probe_fallback() | {"caps": f"labkit.caps() failed: {report['error']}"}
-    return limits_from_caps(report)
+# Every option the dashboard offers, named as labkit.caps.Caps.allows() takes them.
+OPTIONS = (*(f"io:{v}" for v, _ in IO_CHOICES), *(f"tls:{v}" for v, _ in TLS_CHOICES),
+           *(f"switch:{s}" for s in SWITCHES), "perf")
 
 
-def _cap_state(entry: Any) -> tuple[bool | None, str]:
-    """(available, reason) from one capability entry of whatever shape caps() gives."""
-    if isinstance(entry, bool):
-        return entry, ""
-    if isinstance(entry, Mapping):
-        ok = next((entry[k] for k in ("available", "ok", "supported", "usable") if k in entry),
-                  None)
-        reason = next((str(entry[k]) for k in ("reason", "why", "detail") if entry.get(k)), "")
-        todo = next((str(entry[k]) for k in ("todo", "fix") if entry.get(k)), "")
-        if todo:
-            reason = f"{reason} (to do: {todo})" if reason else todo
-        return (bool(ok) if ok is not None else None), reason
-    return None, str(entry)
-
-
-def limits_from_caps(report: Mapping[str, Any]) -> dict[str, str]:
-    """machine_limits() from a plain caps() report: keys naming io_uring, kTLS, perf or a
-    switch, each entry a bool or a mapping with available/ok and reason."""
-    out: dict[str, str] = {}
-    flat: dict[str, Any] = {}
-    for k, v in report.items():
-        flat[k.lower()] = v
-        if isinstance(v, Mapping):
-            for k2, v2 in v.items():
-                if isinstance(v2, Mapping | bool):
-                    flat[f"{k.lower()}.{k2.lower()}"] = v2
-    for key, entry in flat.items():
-        ok, reason = _cap_state(entry)
-        if ok is not False:
-            continue
-        reason = reason or "not available on this machine"
-        leaf = key.rsplit(".", 1)[-1]
-        if leaf in ("io_uring", "uring") or key in ("io_uring", "uring"):
-            out["io:uring"] = reason
-        elif "ktls" in leaf:
-            out["tls:ktls"] = reason
-        elif leaf in ("tls", "openssl", "user_tls"):
-            out["tls:user"] = reason
-        elif leaf == "perf":
-            out["perf"] = reason
-        elif leaf in SWITCHES:
-            out[f"switch:{leaf}"] = reason
-    return out
-
-
-def _probe_fallback() -> dict[str, str]:
-    out: dict[str, str] = {}
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/sys/kernel/io_uring_disabled") as f:
-            if int(f.read().strip() or 0) == 2:
-                out["io:uring"] = "io_uring is disabled by kernel.io_uring_disabled=2"
-    ulp = ""
-    with contextlib.suppress(OSError):
-        with open("/proc/sys/net/ipv4/tcp_available_ulp") as f:
-            ulp = f.read()
-    if "tls" not in ulp.split() and not _module_exists("tls"):
-        out["tls:ktls"] = ("this kernel has no kernel TLS (no 'tls' in "
-                           "net.ipv4.tcp_available_ulp, no tls module)")
-    if shutil.which("perf") is None:
-        out["perf"] = "perf is not installed (apt-get install linux-perf)"
-    return out
-
-
-def _module_exists(name: str) -> bool:
-    base = f"/lib/modules/{os.uname().release}"
-    with contextlib.suppress(OSError):
-        with open(f"{base}/modules.dep") as f:
-            return any(f"/{name}.ko" in line.split(":", 1)[0] for line in f)
-    return False
+def machine_limits(machine: caps.Caps | None = None) -> dict[str, str]:
+    """Option -> why this machine cannot honour it; absent options are fine. Each of
+    OPTIONS is asked of labkit.caps (the process's probe, caps.current(), unless `machine`
+    is given): the dashboard never probes by itself."""
+    if machine is None:
+        try:
+            machine = caps.current()
+        except Exception as e:  # a broken probe must not break the panel
+            return {"caps": f"labkit.caps() failed: {type(e).__name__}: {e}"}
+    limits = {}
+    for option in OPTIONS:
+        ok, why = machine.allows(option)
+        if not ok:
+            limits[option] = why
+    return limits
 
 
 # ---- a choice whose options can be disabled one by one ---------------------------------------
@@ -229,10 +157,10 @@ class Dashboard:
         self.limits = dict(machine_limits() if limits is None else limits)
         self.live = LivePanel(rollover=rollover)
         self.results = pd.DataFrame(columns=list(TABLE_COLUMNS))
-        self.last_result: experiment.Result | None = None
+        self.last_result: Result | None = None
         self.control: experiment.RunControl | None = None
         self._thread: threading.Thread | None = None
-        self._loop = _kernel_loop()
+        self._loop = kernel_loop()
         self._build()
 
     # -- construction -----------------------------------------------------------------------
@@ -248,7 +176,7 @@ class Dashboard:
         self.switches: dict[str, W.Checkbox] = {}
         for s in SWITCHES:
             self.switches[s] = W.Checkbox(value=MODE_DEFAULTS["epoll"][s], description=s,
-                                          indent=False, tooltip=SWITCH_HELP.get(s, s),
+                                          indent=False, tooltip=contract.SWITCHES[s].help,
                                           layout=W.Layout(width="150px"))
         self.rate = W.BoundedFloatText(value=200.0, min=0.0, max=100_000.0, step=50.0,
                                        description="rate Mbit/s",
@@ -302,7 +230,7 @@ class Dashboard:
                 reason = reason or "io_uring only"
             box.value = bool(defaults[name]) and reason is None
             box.disabled = reason is not None
-            box.tooltip = reason or SWITCH_HELP.get(name, name)
+            box.tooltip = reason or contract.SWITCHES[name].help
 
     # -- configs ----------------------------------------------------------------------------
 
@@ -367,7 +295,7 @@ class Dashboard:
 
     def _body(self, relay_cfg: RelayConfig, load_cfg: LoadConfig,
               control: experiment.RunControl) -> None:
-        result: experiment.Result | None = None
+        result: Result | None = None
         error: str | None = None
 
         def started() -> None:
@@ -383,7 +311,7 @@ class Dashboard:
             error = f"{type(e).__name__}: {e}"
         self._ui(lambda: self._finished(result, error))
 
-    def _finished(self, result: experiment.Result | None, error: str | None) -> None:
+    def _finished(self, result: Result | None, error: str | None) -> None:
         self.run_button.disabled = False
         self.stop_button.disabled = True
         if result is None:

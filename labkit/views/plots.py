@@ -48,7 +48,8 @@ from bokeh.models import (
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
-from labkit.experiment import METRICS
+from labkit.counters import ticks
+from labkit.lab.window import FIGURES
 
 MODE_COLORS = {"epoll": "#1f77b4", "uring": "#d62728"}
 CAPTION_CSS = "font-size: 13px; color: #444; margin: 2px 0 18px 6px; max-width: 900px;"
@@ -81,7 +82,7 @@ def caption_of(layout: Any) -> str:
 
 
 def _label(metric: str) -> str:
-    name, unit = METRICS.get(metric, (metric, ""))
+    name, unit = FIGURES.get(metric, (metric, ""))
     return f"{name} ({unit})" if unit else name
 
 
@@ -96,29 +97,26 @@ def _fmt(v: Any) -> str:
 # ---- live panel ---------------------------------------------------------------------------
 
 
-LIVE_COLUMNS = ("x", "t", "mbps", "load_mbps", "pps", "syscalls_per_s", "perf_syscalls_per_s",
-                "ctx_switches_per_s", "relay_cpu_pct", "load_cpu_pct", "drops_per_s", "run")
-# (title, y label, [(column, legend, color)], caption)
+# x: seconds since the panel opened (ticks restart at 0 with every run); run: its label
+LIVE_COLUMNS = ("x", *ticks.TICK_KEYS, "run")
+# (title, [(tick key, color)], caption); units and legends are the ticks table's
 LIVE_FIGURES = (
-    ("Throughput", "Mbit/s", [("mbps", "relay forwarded", "#d62728"),
-                              ("load_mbps", "load received", "#1f77b4")],
+    ("Throughput", [("mbps", "#d62728"), ("load_mbps", "#1f77b4")],
      "Relay-forwarded and load-received payload rates: they should track each other; a gap "
      "is loss or queueing."),
-    ("Syscalls", "syscalls/s", [("syscalls_per_s", "relay's own count", "#2ca02c"),
-                                ("perf_syscalls_per_s", "perf raw_syscalls", "#9467bd")],
+    ("Syscalls", [("syscalls_per_s", "#2ca02c"), ("perf_syscalls_per_s", "#9467bd")],
      "Fewer syscalls for the same Mbit/s is the io_uring win; perf's line is absent without "
      "perf."),
-    ("Context switches", "switches/s", [("ctx_switches_per_s", "relay", "#8c564b")],
+    ("Context switches", [("ctx_switches_per_s", "#8c564b")],
      "A relay that blocks and wakes per packet switches often; batching lowers this."),
-    ("CPU", "% of one core", [("relay_cpu_pct", "relay", "#ff7f0e"),
-                              ("load_cpu_pct", "load generator", "#7f7f7f")],
+    ("CPU", [("relay_cpu_pct", "#ff7f0e"), ("load_cpu_pct", "#7f7f7f")],
      "Relay CPU for the rate above: lower at the same Mbit/s is better efficiency."),
-    ("Drops", "packets/s", [("drops_per_s", "relay drops", "#e377c2")],
+    ("Drops", [("drops_per_s", "#e377c2")],
      "Should stay at zero; drops mean the relay's queues or buffer pool overflowed."),
 )
 
 
-def _kernel_loop() -> Any:
+def kernel_loop() -> Any:
     """The Jupyter kernel's tornado IOLoop (main thread), or None outside a kernel."""
     try:
         from IPython import get_ipython
@@ -137,7 +135,7 @@ def load_bokehjs() -> None:
     cell): jupyter_bokeh's BokehModel renders through the page's `window.Bokeh` and shows a
     JavaScript error without it."""
     global _bokehjs_loaded
-    if _bokehjs_loaded or _kernel_loop() is None:
+    if _bokehjs_loaded or kernel_loop() is None:
         return
     from bokeh.io import output_notebook
     from bokeh.resources import INLINE
@@ -165,7 +163,7 @@ class LivePanel:
         self._pending: collections.deque[dict[str, Any]] = collections.deque()
         self._lock = threading.Lock()
         self._owner = threading.current_thread()
-        self._loop = loop if loop is not None else _kernel_loop()
+        self._loop = loop if loop is not None else kernel_loop()
         self._scheduled = False
         self._epoch = time.monotonic()
         self.run_label = ""
@@ -183,17 +181,18 @@ class LivePanel:
 
     def _make_figures(self, height: int, width: int) -> list[Any]:
         figs = []
-        for i, (title, unit, series, _caption) in enumerate(LIVE_FIGURES):
+        for i, (title, series, _caption) in enumerate(LIVE_FIGURES):
+            unit = ticks.unit(series[0][0])  # one unit per figure: its series share it
             f = figure(title=f"{title} ({unit})", height=height, width=width, tools=_TOOLS,
                        x_axis_label="time since the panel opened (s)" if i == len(
                            LIVE_FIGURES) - 1 else "time (s)", y_axis_label=unit)
             renderers = []
-            for col, legend, color in series:
+            for col, color in series:
                 renderers.append(f.line("x", col, source=self.source, color=color,
-                                        line_width=2, legend_label=legend))
+                                        line_width=2, legend_label=ticks.tick(col).label))
             f.add_tools(HoverTool(renderers=renderers, tooltips=[
                 ("run", "@run"), ("t", "@x{0.0} s"),
-                *[(legend, f"@{col}{{0,0.0}} {unit}") for col, legend, _ in series]],
+                *[(ticks.tick(col).label, f"@{col}{{0,0.0}} {unit}") for col, _ in series]],
                 mode="vline"))
             f.legend.click_policy = "hide"
             f.legend.label_text_font_size = "9pt"
@@ -278,7 +277,7 @@ def _groups(df: pd.DataFrame, col: str) -> list[Any]:
 def bars_ci(stats: pd.DataFrame, metric: str, group: str = "io", x: str | None = "rate_mbps",
             title: str | None = None, caption: str | None = None) -> Any:
     """Bars of the mean of `metric` per `group` (colour), side by side per `x`, with 95 % CI
-    whiskers, from experiment.summarize() output."""
+    whiskers, from labkit.lab.stats.summarize() output."""
     st = stats[stats["metric"] == metric].copy()
     if x is not None and x not in st:
         x = None
@@ -297,8 +296,8 @@ def bars_ci(stats: pd.DataFrame, metric: str, group: str = "io", x: str | None =
         })
     src = _source(pd.DataFrame(rows, columns=[
         "factor", "mean", "median", "low", "high", "n", "group", "xv", "color", "ci"]))
-    name, unit = METRICS.get(metric, (metric, ""))
-    xlabel = (f"{_label(x) if x in METRICS else x} (Mbit/s offered)" if x == "rate_mbps"
+    name, unit = FIGURES.get(metric, (metric, ""))
+    xlabel = (f"{_label(x) if x in FIGURES else x} (Mbit/s offered)" if x == "rate_mbps"
               else (x or "")) + f" / {group}"
     f = figure(x_range=FactorRange(*factors) if factors else FactorRange(),
                title=title or f"{name[0].upper()}{name[1:]}, mean with 95 % CI", height=340,
@@ -434,7 +433,7 @@ def scaling(stats: pd.DataFrame, metric: str = "mbps", x: str = "workers",
             group: str = "io") -> Any:
     """`metric` against `x` (relay workers) per group, mean with 95 % CI whiskers."""
     st = stats[(stats["metric"] == metric)].copy() if not stats.empty else stats
-    name, unit = METRICS.get(metric, (metric, ""))
+    name, unit = FIGURES.get(metric, (metric, ""))
     f = figure(title=f"Scaling with {x}: {name}", height=340, width=820, tools=_TOOLS,
                x_axis_label=f"relay {x} (threads)" if x == "workers" else x,
                y_axis_label=f"{name} ({unit})")
@@ -468,8 +467,7 @@ def scaling(stats: pd.DataFrame, metric: str = "mbps", x: str = "workers",
 def run_timeseries(ts: pd.DataFrame, metric: str = "mbps", group: str = "io",
                    max_runs_per_group: int = 1) -> Any:
     """`metric` over time for the first run(s) of each group, the window shaded."""
-    unit = {"mbps": "Mbit/s", "syscalls_per_s": "syscalls/s", "relay_cpu_pct": "% of one core",
-            "ctx_switches_per_s": "switches/s", "drops_per_s": "packets/s"}.get(metric, "")
+    unit = ticks.unit(metric)
     f = figure(title=f"One run per mode over time: {metric.replace('_', ' ')}", height=300,
                width=820, tools=_TOOLS, x_axis_label="time since sampling started (s)",
                y_axis_label=f"{metric.replace('_', ' ')} ({unit})")

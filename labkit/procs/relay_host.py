@@ -1,4 +1,5 @@
-"""The relay host: the process behind `labkit relay ...` (see labkit.relay for the parent).
+"""The relay host: the process behind `labkit relay ...` (see labkit.procs.relay for the
+parent).
 
 A thin Python host around one blocking C call. It does the parts that are easier and
 safer in Python (argument checks, binding with clear errors, keys, self-signed certs),
@@ -28,7 +29,7 @@ from typing import Any
 
 from labkit import keys, tlscert
 from labkit.config import ConfigError, RelayConfig
-from labkit.process import first_line
+from labkit.procs.child import first_line
 
 EXIT_FAILED = 2
 LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn

@@ -1,4 +1,4 @@
-"""Fair experiments: one run, a sweep of runs with interleaved repeats, and their statistics.
+"""Fair experiments: one run, and a sweep of runs with interleaved repeats.
 
     r = experiment.run(relay=RelayConfig(io="uring"), load=LoadConfig(pairs=4, rate_mbps=500),
                        duration=2, warmup=0.5)
@@ -9,19 +9,10 @@
     s.stats, s.comparisons
 
 One run: the relay and the load generator each start in their own process (stopped by pid
-only), are pinned to different CPUs where the machine has them (the result says how), the
-one Sampler (labkit.counters.sampler) records the time series while the run lasts, and the
-window figures come from counter snapshots taken exactly at the measured window's edges
-(load ready + warm-up, and that + duration):
-
-- mbps, pps, loss: the load generator's own window figures (payload bits received);
-- syscalls_per_packet: the relay's own syscall counters (sys_*) per forwarded packet;
-  perf_syscalls_per_packet: the same from perf's raw_syscalls tracepoint, NaN where perf is
-  not available (the two are labelled apart: they count different things);
-- ctx_switches_per_kpkt: relay context switches (/proc, all threads) per 1,000 packets;
-- cpu_s_per_gbit: relay CPU-seconds per forwarded Gbit of payload (efficiency: the fair
-  figure when relay and load share cores);
-- lat_*_us: one-way latency percentiles from the load generator.
+only), are pinned to different CPUs where the machine has them (labkit.procs.pinning; the
+result says how), the one Sampler (labkit.counters.sampler) records the time series while
+the run lasts, and the window figures (labkit.lab.window) come from counter snapshots
+taken exactly at the measured window's edges (load ready + warm-up, and that + duration).
 
 A failed run (the relay or the load generator died or refused to start) is a Result with
 status "failed", the error and the failing process's stderr tail. `run(check=True)`, the
@@ -29,15 +20,13 @@ default, raises RunFailed carrying that Result; a sweep records it and goes on.
 
 Sweeps interleave repeats (every point once, then every point again, …) so slow drift of
 the machine lands on every mode alike, skip points the store already holds (resume), and
-report mean, median and a t-distribution 95 % CI per point, and Welch's t-test between
-two modes (scipy.stats). Nothing statistical is computed by hand.
+report per-point statistics and Welch's t-test between two modes (labkit.lab.stats).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import itertools
 import json
@@ -49,50 +38,29 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
-from labkit import store as _store
+from labkit import caps
 from labkit.config import SWITCHES, ConfigError, RelayConfig
-from labkit.load import Load, LoadConfig, LoadError, LoadResult
+from labkit.counters.ticks import TICK_KEYS
+from labkit.lab import store as _store
+from labkit.lab import window
+from labkit.lab.result import Result, RunFailed, SweepResult
+from labkit.lab.stats import summarize, welch
 from labkit.problems import Problem, raise_if
-from labkit.relay import Relay, RelayError
+from labkit.procs import pinning
+from labkit.procs.load import Load, LoadConfig, LoadError
+from labkit.procs.relay import Relay, RelayError
 
-# The per-tick keys of the Sampler contract (labkit.counters.sampler).
-TICK_KEYS = ("t", "mbps", "pps", "syscalls_per_s", "perf_syscalls_per_s", "ctx_switches_per_s",
-             "relay_cpu_pct", "load_cpu_pct", "drops_per_s", "load_mbps")
-LATENCY_KEYS = ("p50", "p90", "p99", "p999", "min", "max", "mean")
-# Derived figures of a run, in the order a summary shows them: name -> (label, unit).
-METRICS: dict[str, tuple[str, str]] = {
-    "offered_mbps": ("offered rate", "Mbit/s"),
-    "mbps": ("delivered rate", "Mbit/s"),
-    "pps": ("delivered packets", "packets/s"),
-    "loss_pct": ("loss", "%"),
-    "syscalls_per_packet": ("syscalls per packet (relay's own count)", "syscalls/packet"),
-    "perf_syscalls_per_packet": ("syscalls per packet (perf raw_syscalls)", "syscalls/packet"),
-    "ctx_switches_per_kpkt": ("relay context switches per 1,000 packets", "switches/kpkt"),
-    "cpu_s_per_gbit": ("relay CPU-seconds per Gbit", "CPU·s/Gbit"),
-    "relay_cpu_pct": ("relay CPU", "% of one core"),
-    "load_cpu_pct": ("load generator CPU", "% of one core"),
-    "drops": ("relay drops in the window", "packets"),
-    "lat_p50_us": ("latency p50", "µs"),
-    "lat_p90_us": ("latency p90", "µs"),
-    "lat_p99_us": ("latency p99", "µs"),
-    "lat_p999_us": ("latency p99.9", "µs"),
-    "lat_max_us": ("latency max", "µs"),
-}
-STAT_METRICS = ("mbps", "pps", "loss_pct", "syscalls_per_packet", "perf_syscalls_per_packet",
-                "ctx_switches_per_kpkt", "cpu_s_per_gbit", "relay_cpu_pct", "lat_p50_us",
-                "lat_p99_us")
 # RelayConfig fields a summary row carries (tidy columns a sweep can group by).
-_RELAY_COLUMNS = ("io", "tls", "workers", *SWITCHES, "assign", "pin_cpus", "queue_depth",
+_RELAY_COLUMNS = ("io", "tls", "workers", *SWITCHES, "pin_cpus", "queue_depth",
                   "pool_packets", "max_conns", "write_timeout")
 # LoadConfig fields as summary columns (renamed where a RelayConfig field has the name).
 _LOAD_COLUMNS = {"mode": "load_mode", "pairs": "pairs", "size": "size",
@@ -103,17 +71,6 @@ _LOAD_GRID = {"mode", "pairs", "size", "rate_mbps", "threads"}
 _RELAY_GRID = {f.name for f in fields(RelayConfig)} - {"host", "port"}
 _RUN_GRID = {"duration", "warmup"}
 STOP_GRACE = 1.0  # seconds between SIGTERM and SIGKILL for the run's processes
-
-
-class RunFailed(RuntimeError):
-    """A run failed; .result holds the recorded Result (status, error, stderr tail)."""
-
-    def __init__(self, result: Result) -> None:
-        self.result = result
-        s = result.summary
-        tail = str(s.get("stderr_tail") or "").rstrip()
-        super().__init__(f"run {s['run_id']} failed: {s['error']}"
-                         + (f"\nstderr tail:\n{tail}" if tail else ""))
 
 
 # ---- control ------------------------------------------------------------------------------
@@ -160,195 +117,6 @@ class RunControl:
         self.close()
 
 
-# ---- result -------------------------------------------------------------------------------
-
-
-@dataclass
-class Result:
-    """One run: `summary` (one row: config, derived figures, status), `timeseries` (one row
-    per sampler tick, with the Sampler's columns and `phase`), `meta` (configs, machine,
-    capabilities real or fallback, pinning, labkit version, git revision, date)."""
-
-    summary: pd.Series
-    timeseries: pd.DataFrame
-    meta: dict[str, Any]
-    path: Path | None = None
-
-    @property
-    def status(self) -> str:
-        return str(self.summary["status"])
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def error(self) -> str | None:
-        e = self.summary.get("error")
-        return None if e is None or (isinstance(e, float) and math.isnan(e)) else str(e)
-
-    def frame(self) -> pd.DataFrame:
-        """The summary as a one-row DataFrame (pd.concat these for a table of runs)."""
-        return self.summary.to_frame().T.infer_objects()
-
-    def raise_for_status(self) -> Result:
-        if not self.ok:
-            raise RunFailed(self)
-        return self
-
-    def __repr__(self) -> str:
-        s = self.summary
-        if not self.ok:
-            return f"Result({s['run_id']}, {self.status}: {s['error']})"
-        return (f"Result({s['run_id']}, io={s['io']}, {s['mbps']:.1f} Mbit/s, "
-                f"loss {s['loss_pct']:.2f} %, {s['syscalls_per_packet']:.3f} syscalls/packet, "
-                f"{s['cpu_s_per_gbit']:.3f} CPU·s/Gbit)")
-
-    def _repr_html_(self) -> str:
-        return self.frame().T.rename(columns={0: "value"}).to_html()
-
-
-# ---- pinning ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pinning:
-    pinned: bool
-    relay_cpus: tuple[int, ...]
-    load_cpus: tuple[int, ...]
-    note: str
-
-
-def plan_pinning(relay_workers: int, cpus: Sequence[int] | None = None) -> tuple[
-        tuple[int, ...], tuple[int, ...], str]:
-    """(relay CPUs, load CPUs, note): disjoint sets when there are at least two CPUs."""
-    cpus = sorted(os.sched_getaffinity(0)) if cpus is None else sorted(cpus)
-    if len(cpus) < 2:
-        return (), (), f"not pinned: only {len(cpus)} CPU usable, relay and load share it"
-    n_relay = max(1, min(relay_workers, len(cpus) - 1))
-    relay, load = tuple(cpus[:n_relay]), tuple(cpus[n_relay:])
-    note = f"relay on CPU {_cpus(relay)}, load on CPU {_cpus(load)}"
-    if relay_workers > n_relay:
-        note += f" ({relay_workers} relay workers share {n_relay} CPU)"
-    return relay, load, note
-
-
-def _cpus(cpus: Iterable[int]) -> str:
-    return ",".join(str(c) for c in cpus)
-
-
-def _pin_process(pid: int, cpus: Iterable[int]) -> None:
-    """Pin every thread of pid (threads started later inherit their creator's mask)."""
-    mask = set(cpus)
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
-            os.sched_setaffinity(int(tid), mask)
-
-
-def _pin(relay: Relay, load: Load, relay_cfg: RelayConfig, load_cfg: LoadConfig,
-         want: bool) -> Pinning:
-    if not want:
-        return Pinning(False, (), (), "not pinned (pin=False)")
-    if relay_cfg.pin_cpus or load_cfg.pin_cpus:
-        return Pinning(False, (), (), "not pinned by labkit: the config's pin_cpus pins "
-                       "threads itself")
-    relay_cpus, load_cpus, note = plan_pinning(relay_cfg.workers)
-    if not relay_cpus:
-        return Pinning(False, (), (), note)
-    try:
-        _pin_process(relay.pid, relay_cpus)
-        _pin_process(load.pid, load_cpus)
-    except OSError as e:
-        return Pinning(False, (), (), f"not pinned: sched_setaffinity failed ({e.strerror})")
-    return Pinning(True, relay_cpus, load_cpus, note)
-
-
-# ---- window snapshots ------------------------------------------------------------------------
-
-
-@dataclass
-class _Snap:
-    t: float
-    counters: dict[str, int]
-    relay_cpu_s: float
-    relay_user_s: float  # tick-granular (10 ms): for the user/system split only
-    relay_sys_s: float
-    relay_ctx: int
-    load_cpu_s: float
-
-
-def _snapshot(relay: Relay, relay_proc: Any, load_proc: Any) -> _Snap:
-    t = time.monotonic()
-    counters = relay.counters()
-    r = relay_proc.sample().total
-    lo = load_proc.sample().total
-    return _Snap(t, counters, r.cpu_s, r.utime_s, r.stime_s, r.ctx_switches, lo.cpu_s)
-
-
-def _window_figures(s0: _Snap, s1: _Snap, res: LoadResult, size: int) -> dict[str, float]:
-    def d(name: str) -> int:
-        return s1.counters.get(name, 0) - s0.counters.get(name, 0)
-
-    dt = s1.t - s0.t
-    fwd = d("packets_forwarded")
-    sys_n = sum(d(n) for n in s1.counters if n.startswith("sys_"))
-    drops = sum(d(n) for n in s1.counters if n.startswith("drop_"))
-    cpu = s1.relay_cpu_s - s0.relay_cpu_s
-    gbit = d("packet_bytes_forwarded") * 8 / 1e9
-    nan = float("nan")
-    offered = res.sent * size * 8 / res.seconds / 1e6 if res.seconds > 0 else nan
-    out = {
-        "window_s": dt,
-        "offered_mbps": offered,
-        "mbps": res.mbps,
-        "pps": res.pps,
-        "sent": res.sent,
-        "received": res.received,
-        "lost": res.lost,
-        "loss_pct": res.loss_pct,
-        "relay_packets": fwd,
-        "relay_syscalls": sys_n,
-        "syscalls_per_packet": sys_n / fwd if fwd else nan,
-        "perf_syscalls_per_packet": nan,
-        "relay_ctx_switches": s1.relay_ctx - s0.relay_ctx,
-        "ctx_switches_per_kpkt": 1000 * (s1.relay_ctx - s0.relay_ctx) / fwd if fwd else nan,
-        "relay_cpu_s": cpu,
-        "relay_user_s": s1.relay_user_s - s0.relay_user_s,
-        "relay_sys_s": s1.relay_sys_s - s0.relay_sys_s,
-        "relay_cpu_pct": 100 * cpu / dt if dt > 0 else nan,
-        "load_cpu_s": s1.load_cpu_s - s0.load_cpu_s,
-        "load_cpu_pct": 100 * (s1.load_cpu_s - s0.load_cpu_s) / dt if dt > 0 else nan,
-        "cpu_s_per_gbit": cpu / gbit if gbit > 0 else nan,
-        "drops": drops,
-        "latency_samples": res.latency_samples,
-    }
-    for k in LATENCY_KEYS:
-        out[f"lat_{k}_us"] = float(res.latency[k])
-    return out
-
-
-def _perf_per_packet(ts: pd.DataFrame, t0: float, ws: float, we: float,
-                     packets: int) -> float:
-    """perf's syscall count over the window from the sampler's cumulative perf column
-    (interpolated at the window's edges), per forwarded packet; NaN without perf."""
-    if not packets or ts.empty:
-        return float("nan")
-    cols = [c for c in ("perf.raw_syscalls:sys_enter",) if c in ts.columns]
-    t = ts["t"].to_numpy(dtype=float)
-    if cols:
-        cum = ts[cols[0]].to_numpy(dtype=float)
-    elif "perf_syscalls_per_s" in ts:
-        rate = ts["perf_syscalls_per_s"].to_numpy(dtype=float)
-        cum = np.concatenate([[0.0], np.cumsum(rate[1:] * np.diff(t))])
-    else:
-        return float("nan")
-    ok = np.isfinite(cum) & np.isfinite(t)
-    if ok.sum() < 2:
-        return float("nan")
-    lo, hi = np.interp([ws - t0, we - t0], t[ok], cum[ok])
-    return float((hi - lo) / packets)
-
-
 # ---- one run ------------------------------------------------------------------------------
 
 
@@ -370,33 +138,13 @@ def _config_columns(relay_cfg: RelayConfig, load_cfg: LoadConfig) -> dict[str, A
     return cols
 
 
-@functools.cache
-def capabilities() -> dict[str, Any]:
-    """What labkit.caps() reports (probed once per process), as plain data:
-    {name: {"ok": …, "detail": …, "todo": …}}; {} where labkit.caps is missing."""
+def _capabilities() -> dict[str, Any]:
+    """What labkit.caps reports (caps.current(): probed once per process), as plain data
+    for a run's metadata: {name: {"ok": …, "detail": …, "todo": …}}."""
     try:
-        from labkit import caps as caps_mod
-    except ImportError:
-        return {}
-    try:
-        report = caps_mod.probe()
+        return caps.current().to_dict()
     except Exception as e:  # a probe failure must not fail a run; record it instead
         return {"error": f"{type(e).__name__}: {e}"}
-    return _plain(report)
-
-
-def _plain(o: Any) -> Any:
-    if dataclasses.is_dataclass(o) and not isinstance(o, type):
-        return {f.name: _plain(getattr(o, f.name)) for f in fields(o)}
-    if isinstance(o, Mapping):
-        return {str(k): _plain(v) for k, v in o.items()}
-    if isinstance(o, list | tuple | set | frozenset):
-        return [_plain(v) for v in o]
-    if hasattr(o, "to_dict"):
-        return _plain(o.to_dict())
-    if isinstance(o, str | int | float | bool) or o is None:
-        return o
-    return str(o)
 
 
 def _validate_load_template(cfg: LoadConfig) -> LoadConfig:
@@ -503,7 +251,7 @@ def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
 
     duration/warmup override the LoadConfig's. live: a plots.LivePanel (or any callable)
     fed every sampler tick. control: a RunControl to stop the run from another thread.
-    store: True (your store, labkit.store.default_dir()) or a directory to save the Result
+    store: True (your store, labkit.lab.store.default_dir()) or a directory to save the Result
     there. check: raise RunFailed when the run fails (else return it with status "failed").
     on_start(relay, load) is called once both processes run (tests use it to kill one).
 
@@ -526,7 +274,7 @@ def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
     columns = _config_columns(relay_cfg, load_cfg)
     info: dict[str, Any] = {"status": "ok", "error": None, "stderr_tail": None}
     figures: dict[str, Any] = {}
-    pinning = Pinning(False, (), (), "not started")
+    placed = pinning.Pinning(False, (), (), "not started")
     ticks = pd.DataFrame(columns=list(TICK_KEYS))
     sources: dict[str, str] = {}
     t0 = ws = we = float("nan")
@@ -559,7 +307,7 @@ def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
         from labkit.counters.procfs import ProcThreads
 
         relay_proc, load_proc = ProcThreads(the_relay.pid), ProcThreads(the_load.pid)
-        pinning = _pin(the_relay, the_load, relay_cfg, load_cfg, pin)
+        placed = pinning.pin(the_relay, the_load, pin)
         control.relay_pid, control.load_pid = the_relay.pid, the_load.pid
         control.started.set()
         if on_start is not None:
@@ -572,11 +320,11 @@ def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
         control.phase = "warmup"
         event = waiter.until(ws)
         if event is None:
-            s0 = _snapshot(the_relay, relay_proc, load_proc)
+            s0 = window.snapshot(the_relay, relay_proc, load_proc)
             control.phase = "window"
             event = waiter.until(we)
         if event is None:
-            s1 = _snapshot(the_relay, relay_proc, load_proc)
+            s1 = window.snapshot(the_relay, relay_proc, load_proc)
             control.phase = "drain"
             # the load ends by itself after its drain; "load" here is that exit
             event = waiter.until(we + 10.0 + 2 * stop_grace)
@@ -603,7 +351,7 @@ def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
                     fail("the load generator ended before its window did",
                          the_load.stderr_tail)
                 else:
-                    figures = _window_figures(s0, s1, res, load_cfg.size)
+                    figures = window.window_figures(s0, s1, res, load_cfg.size)
     except (RelayError, LoadError) as e:
         tail = getattr(e, "stderr_tail", None)
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -632,7 +380,7 @@ def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
         info["error"] = f"relay exit code {code} at stop"
         info["stderr_tail"] = _tail(the_relay.stderr_tail)
     if figures and not ticks.empty:
-        figures["perf_syscalls_per_packet"] = _perf_per_packet(
+        figures["perf_syscalls_per_packet"] = window.perf_per_packet(
             ticks, t0, ws, we, int(figures["relay_packets"]))
     ticks = _with_phase(ticks, t0, ws, we)
     summary = {
@@ -643,13 +391,13 @@ def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
         "started_at": started_at,
         **columns,
         **{k: v for k, v in labels.items() if k not in columns},
-        "pinned": pinning.pinned,
-        "relay_cpus": _cpus(pinning.relay_cpus),
-        "load_cpus": _cpus(pinning.load_cpus),
-        "pinning": pinning.note,
+        "pinned": placed.pinned,
+        "relay_cpus": pinning.cpu_list(placed.relay_cpus),
+        "load_cpus": pinning.cpu_list(placed.load_cpus),
+        "pinning": placed.note,
         "perf_source": sources.get("perf", "unknown"),
     }
-    for k in METRICS:
+    for k in window.FIGURES:
         summary.setdefault(k, float("nan"))
     summary |= figures
     meta = _store.provenance() | {
@@ -657,9 +405,9 @@ def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
         "relay_config": relay_cfg.to_dict(),
         "load_config": load_cfg.to_dict(),
         "labels": labels,
-        "pinning": dataclasses.asdict(pinning),
+        "pinning": dataclasses.asdict(placed),
         "sources": sources,
-        "capabilities": capabilities(),
+        "capabilities": _capabilities(),
         "hz": hz,
     }
     result = Result(pd.Series(summary, dtype=object), ticks, meta)
@@ -720,31 +468,6 @@ def point_key(relay: RelayConfig, load: LoadConfig) -> str:
     lo = {k: v for k, v in load.to_dict().items() if k not in ("host", "port")}
     blob = json.dumps({"relay": r, "load": lo}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
-
-
-@dataclass
-class SweepResult:
-    """runs: one summary row per run (including resumed ones); stats: mean, median, 95 % CI
-    per point and metric; comparisons: Welch's t-test between the two compared modes."""
-
-    name: str
-    runs: pd.DataFrame
-    stats: pd.DataFrame
-    comparisons: pd.DataFrame
-    by: list[str]
-    paths: list[Path] = field(default_factory=list)
-    skipped: int = 0
-
-    @property
-    def failures(self) -> pd.DataFrame:
-        if self.runs.empty:
-            return self.runs
-        return self.runs[self.runs["status"] != "ok"]
-
-    def __repr__(self) -> str:
-        n_ok = int((self.runs["status"] == "ok").sum()) if not self.runs.empty else 0
-        return (f"SweepResult({self.name!r}, {len(self.runs)} runs, {n_ok} ok, "
-                f"{len(self.failures)} not ok, {self.skipped} resumed from the store)")
 
 
 def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], *,
@@ -852,124 +575,3 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], *,
         factor, a, b = compare
         cmp = welch(runs, factor=factor, a=a, b=b, by=[k for k in by if k != factor])
     return SweepResult(name, runs, st, cmp, by, paths, skipped)
-
-
-# ---- statistics ---------------------------------------------------------------------------
-
-
-def _ok(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[runs["status"] == "ok"] if "status" in runs else runs
-
-
-def summarize(runs: pd.DataFrame, by: Sequence[str] = ("io",),
-              metrics: Sequence[str] = STAT_METRICS, confidence: float = 0.95) -> pd.DataFrame:
-    """Per group of `by` and metric: n, mean, median, std, sem and the t-distribution CI
-    (scipy.stats.t.interval) of the mean. Only runs with status "ok" count. Long form:
-    one row per (group, metric)."""
-    ok = _ok(runs)
-    by = [b for b in by if b in ok.columns]
-    metrics = [m for m in metrics if m in ok.columns]
-    if ok.empty or not metrics:
-        return pd.DataFrame(columns=[*by, "metric", "n", "mean", "median", "std", "sem",
-                                     "ci_low", "ci_high"])
-    long = ok.melt(id_vars=by, value_vars=metrics, var_name="metric", value_name="value")
-    long["value"] = pd.to_numeric(long["value"], errors="coerce")
-    long = long.dropna(subset=["value"])
-    keys = [*by, "metric"]
-    g = long.groupby(keys, dropna=False, sort=True)["value"]
-    out = g.agg(n="count", mean="mean", median="median", std="std", sem="sem").reset_index()
-    dof = (out["n"] - 1).to_numpy(dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        low, high = sps.t.interval(confidence, np.where(dof > 0, dof, np.nan),
-                                   loc=out["mean"].to_numpy(dtype=float),
-                                   scale=out["sem"].to_numpy(dtype=float))
-    out["ci_low"], out["ci_high"] = low, high
-    # a zero-spread sample has a zero-width interval, not an unknown one
-    flat = (out["n"] > 1) & (out["sem"] == 0)
-    out.loc[flat, "ci_low"] = out.loc[flat, "mean"]
-    out.loc[flat, "ci_high"] = out.loc[flat, "mean"]
-    return out
-
-
-def welch(runs: pd.DataFrame, factor: str = "io", a: Any = "epoll", b: Any = "uring",
-          by: Sequence[str] = (), metrics: Sequence[str] = STAT_METRICS) -> pd.DataFrame:
-    """Welch's t-test (scipy.stats.ttest_ind, equal_var=False) of `b` against `a` on
-    `factor`, per group of `by` and metric: means, their difference and ratio, t and p."""
-    ok = _ok(runs)
-    by = [k for k in by if k in ok.columns and k != factor]
-    metrics = [m for m in metrics if m in ok.columns]
-    rows = []
-    if ok.empty or factor not in ok:
-        return pd.DataFrame()
-    groups = ok.groupby(by, dropna=False, sort=True) if by else [((), ok)]
-    for key, g in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        for m in metrics:
-            xa = pd.to_numeric(g.loc[g[factor] == a, m], errors="coerce").dropna()
-            xb = pd.to_numeric(g.loc[g[factor] == b, m], errors="coerce").dropna()
-            t = p = float("nan")
-            if len(xa) >= 2 and len(xb) >= 2:
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    res = sps.ttest_ind(xb, xa, equal_var=False)
-                t, p = float(res.statistic), float(res.pvalue)
-            ma = float(xa.mean()) if len(xa) else float("nan")
-            mb = float(xb.mean()) if len(xb) else float("nan")
-            rows.append(dict(zip(by, key, strict=True)) | {
-                "metric": m, "factor": factor, "a": a, "b": b, "n_a": len(xa), "n_b": len(xb),
-                "mean_a": ma, "mean_b": mb, "diff": mb - ma,
-                "ratio": mb / ma if ma else float("nan"), "t": t, "p": p,
-                "significant": bool(p < 0.05) if not math.isnan(p) else False,
-            })
-    return pd.DataFrame(rows)
-
-
-# ---- sweep configuration files --------------------------------------------------------------
-
-
-_SWEEP_KEYS = {"name", "repeats", "duration", "warmup", "hz", "perf", "pin", "store",
-               "compare", "relay", "load", "grid"}
-
-
-def sweep_args_from_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Keyword arguments for sweep() from a TOML file (see bench/*.toml); ConfigError for
-    anything unknown or invalid, with the same messages as the Python API."""
-    import tomllib
-
-    p = Path(path)
-    try:
-        doc = tomllib.loads(p.read_text())
-    except OSError as e:
-        raise ConfigError(f"cannot read sweep config {str(p)!r}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML: {e}") from None
-    unknown = set(doc) - _SWEEP_KEYS
-    if unknown:
-        raise ConfigError(f"{p}: unknown key(s) {', '.join(sorted(unknown))}; known: "
-                          + ", ".join(sorted(_SWEEP_KEYS)))
-    if "grid" not in doc or not isinstance(doc["grid"], dict):
-        raise ConfigError(f"{p}: a [grid] table is required, e.g. io = [\"epoll\", \"uring\"]")
-    try:
-        relay = RelayConfig(**doc.get("relay", {}))
-    except TypeError as e:
-        raise ConfigError(f"{p} [relay]: {e}") from None
-    load_table = dict(doc.get("load", {}))
-    for k in ("host", "port"):
-        if k in load_table:
-            raise ConfigError(f"{p} [load]: {k} follows the relay; remove it")
-    try:
-        load = LoadConfig(**load_table)
-    except TypeError as e:
-        raise ConfigError(f"{p} [load]: {e}") from None
-    kw: dict[str, Any] = {"grid": doc["grid"], "relay": relay, "load": load}
-    for k in ("name", "repeats", "duration", "warmup", "hz", "perf", "pin"):
-        if k in doc:
-            kw[k] = doc[k]
-    if "store" in doc:
-        kw["store"] = Path(doc["store"])  # relative: to the current directory, like the CLI
-    if "compare" in doc:
-        c = doc["compare"]
-        if not (isinstance(c, list) and len(c) == 3):
-            raise ConfigError(f"{p}: compare must be [key, a, b], e.g. [\"io\", \"epoll\", "
-                              "\"uring\"]")
-        kw["compare"] = tuple(c)
-    return kw

@@ -13,8 +13,8 @@ import os
 import sys
 from typing import Any
 
-from labkit.cli_args import EXIT_BAD_CONFIG, Parser
-from labkit.config import IO_MODES, SWITCHES, TLS_MODES, ConfigError
+from labkit.cli.args import EXIT_BAD_CONFIG, Parser
+from labkit.problems import ConfigError
 
 COMMANDS = ("run", "sweep", "report")
 EXIT_FAILED_RUN = 1
@@ -29,21 +29,14 @@ _SUMMARY = (("mbps", "Mbit/s delivered", ".1f"), ("loss_pct", "% loss", ".2f"),
 
 def add_commands(sub: Any) -> None:
     """Register run, sweep and report on the `labkit` sub-parser."""
-    from labkit.load import add_load_arguments
+    from labkit.config import add_relay_arguments
+    from labkit.procs.load import add_load_arguments
 
     run = sub.add_parser("run", help="one measured run: relay + load + sampler, stored",
                          description="Start a relay and a load generator (own processes, "
                          "pinned to different CPUs where possible), measure a window after "
                          "a warm-up, print the derived figures and store the run.")
-    g = run.add_argument_group("relay")
-    g.add_argument("--io", default="epoll", choices=IO_MODES, help="event loop")
-    g.add_argument("--tls", default="off", choices=TLS_MODES, help="TLS on the relay")
-    g.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="relay worker threads (shard per core)")
-    for s in SWITCHES:
-        g.add_argument(f"--{s.replace('_', '-')}", dest=s, default=None,
-                       action=argparse.BooleanOptionalAction,
-                       help="an optimisation switch (default: the io mode's own default)")
+    add_relay_arguments(run.add_argument_group("relay"))
     g = run.add_argument_group("load")
     add_load_arguments(g)
     _add_measure_args(run)
@@ -82,7 +75,7 @@ def add_commands(sub: Any) -> None:
 
 
 def _add_measure_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
-    from labkit import store
+    from labkit.lab import store
 
     g = p.add_argument_group("measurement")
     g.add_argument("--hz", type=float, default=10.0 if defaults else None, metavar="HZ",
@@ -116,8 +109,8 @@ def _store_arg(args: argparse.Namespace, default: Any = True) -> Any:
 def _in_sandbox(args: argparse.Namespace, argv: list[str]) -> int:
     """The same command inside the sandbox guest, its run files written back to the
     host's store; the guest command's exit status is returned."""
-    from labkit import store
     from labkit.hosts import sandbox
+    from labkit.lab import store
 
     inner = [sys.executable, "-m", "labkit", *(a for a in argv if a != "--sandbox")]
     writable = [] if args.no_store else [args.store or store.default_dir()]
@@ -156,9 +149,9 @@ def _run(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    from labkit import experiment
-    from labkit.config import RelayConfig
-    from labkit.load import LoadConfig
+    from labkit.config import SWITCHES, RelayConfig
+    from labkit.lab import experiment
+    from labkit.procs.load import LoadConfig
 
     relay = RelayConfig(io=args.io, tls=args.tls, workers=args.workers,
                         **{s: getattr(args, s) for s in SWITCHES})
@@ -213,9 +206,11 @@ def _jsonable(v: Any) -> Any:
 def _sweep(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from labkit import experiment, report
+    from labkit.lab import experiment
+    from labkit.lab.sweepfile import sweep_args_from_toml
+    from labkit.views import report
 
-    kw = experiment.sweep_args_from_toml(args.config)
+    kw = sweep_args_from_toml(args.config)
     for key in ("repeats", "name", "hz"):
         if getattr(args, key) is not None:
             kw[key] = getattr(args, key)
@@ -224,7 +219,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.pin is not None:
         kw["pin"] = args.pin
     if args.record:
-        from labkit import store
+        from labkit.lab import store
 
         kw["store"], kw["recording"], args.resume = store.RECORDED_DIR, True, False
     else:
@@ -253,7 +248,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from labkit import report
+    from labkit.views import report
 
     path = report.write(args.runs, args.output, title=args.title)
     print(f"report: {path}")

@@ -3,7 +3,7 @@
 One file, no network: bokeh's JavaScript is inlined (bokeh.resources.INLINE), tables are
 plain HTML. It shows where the runs come from (machine, kernel, labkit version, git
 revision, pinning, which measurement sources were live and which were unavailable), the
-Welch comparisons between the two modes, the comparison figures (labkit.plots), the
+Welch comparisons between the two modes, the comparison figures (labkit.views.plots), the
 per-point statistics, and every failed run with its error and stderr tail.
 """
 
@@ -22,7 +22,9 @@ from bokeh.embed import file_html
 from bokeh.models import Div
 from bokeh.resources import INLINE
 
-from labkit import experiment, plots, store
+from labkit.lab import store
+from labkit.lab.stats import summarize, welch
+from labkit.views import plots
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px 36px;
@@ -130,10 +132,10 @@ def build(runs: pd.DataFrame, metas: dict[str, dict[str, Any]],
           and runs[c].nunique(dropna=False) > 1]
     if group not in by and group in runs:
         by = [group, *by]
-    stats = experiment.summarize(runs, by=by) if not runs.empty else pd.DataFrame()
+    stats = summarize(runs, by=by) if not runs.empty else pd.DataFrame()
     cmp = pd.DataFrame()
     if group in runs and {"epoll", "uring"} <= set(runs[group]):
-        cmp = experiment.welch(runs, factor=group, a="epoll", b="uring",
+        cmp = welch(runs, factor=group, a="epoll", b="uring",
                                by=[b for b in by if b != group], metrics=_HEADLINE)
     figs = plots.comparison_figures(runs, stats, timeseries, group=group) if not ok.empty \
         else []

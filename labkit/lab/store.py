@@ -44,21 +44,20 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-if TYPE_CHECKING:
-    from labkit.experiment import Result
+from labkit.lab.result import Result
 
 SCHEMA_VERSION = 1
 SUFFIX = ".parquet"
 _KEY_SUMMARY = b"labkit.summary"
 _KEY_META = b"labkit.meta"
 _KEY_SCHEMA = b"labkit.schema"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # labkit/lab/store.py -> the checkout
 
 
 # The recorded reference runs: read-only inputs (see the module docstring).

@@ -19,8 +19,8 @@ import weakref
 from typing import Any
 
 from labkit.config import RelayConfig, secret_env
-from labkit.counters.slots import sum_slots
-from labkit.process import ChildFailed, LineReader, Tail, child_env, stop_pid, unlink_shm
+from labkit.counters.kinds import sum_slots
+from labkit.procs.child import ChildFailed, LineReader, Tail, child_env, stop_pid, unlink_shm
 
 SHM_DIR = "/dev/shm"
 

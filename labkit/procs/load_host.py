@@ -1,6 +1,7 @@
-"""The load host: the process behind `labkit load ...` (see labkit.load for the parent).
+"""The load host: the process behind `labkit load ...` (see labkit.procs.load for the
+parent).
 
-A thin Python host around one blocking C call, like labkit.relay_host: it checks the
+A thin Python host around one blocking C call, like labkit.procs.relay_host: it checks the
 config, runs lk_load_run() in a thread (cffi releases the GIL), and turns SIGTERM/SIGINT
 into lk_load_stop(), which ends the measured window early; the run still drains and
 reports.
@@ -22,8 +23,8 @@ import threading
 from typing import Any
 
 from labkit.config import ConfigError
-from labkit.load import LoadConfig, LoadResult
-from labkit.process import first_line
+from labkit.procs.child import first_line
+from labkit.procs.load import LoadConfig, LoadResult
 
 EXIT_FAILED = 2
 # How often the waiting main thread repeats a requested stop: lk_load_run clears stale

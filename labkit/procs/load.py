@@ -6,9 +6,10 @@
         result.mbps, result.lost, result.latency["p99"]
 
 Like the relay, the generator never runs in the caller's process: `Load` starts
-`python -m labkit load ... --json` (labkit.load_host), waits for its ready line, reads its
-counters from shared memory, and parses the one result line it prints at the end. It is
-stopped by pid (SIGTERM ends the window early and still reports), never by name.
+`python -m labkit load ... --json` (labkit.procs.load_host), waits for its ready line,
+reads its counters from shared memory, and parses the one result line it prints at the
+end. It is stopped by pid (SIGTERM ends the window early and still reports), never by
+name.
 
 `LoadConfig` is validated and serialisable the same way as `RelayConfig`: `to_args()`
 /`from_args()` round-trip through the command line, `to_c()` fills `lk_load_config`.
@@ -28,11 +29,12 @@ import weakref
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from labkit import process
 from labkit.config import ConfigError
+from labkit.counters.kinds import sum_slots
 from labkit.native.cstrings import c_string
 from labkit.problems import Problem, raise_if
-from labkit.process import ChildFailed
+from labkit.procs import child
+from labkit.procs.child import ChildFailed
 
 TLS_MODES = ("off", "user", "ktls")
 LOAD_MODES = ("throughput", "echo")
@@ -268,7 +270,7 @@ class LoadResult:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The host's result line (labkit.load_host)."""
+        """The host's result line (labkit.procs.load_host)."""
         d = dataclasses.asdict(self)
         d["latency_us"] = d.pop("latency")
         return {"event": "result"} | d
@@ -311,8 +313,8 @@ class Load:
         self.stop_grace = stop_grace
         self._env = env or {}
         self._proc: subprocess.Popen[bytes] | None = None
-        self._stdout: process.LineReader | None = None
-        self._stderr: process.Tail | None = None
+        self._stdout: child.LineReader | None = None
+        self._stderr: child.Tail | None = None
         self._shm: Any = None
         self._finalizer: weakref.finalize | None = None
         self._result: LoadResult | None = None
@@ -327,12 +329,12 @@ class Load:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "labkit", "load", *self.cfg.to_args(), "--json"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=process.child_env(self._env), start_new_session=True,
+            env=child.child_env(self._env), start_new_session=True,
         )
-        self._finalizer = weakref.finalize(self, process.stop_pid, self._proc, self.stop_grace)
-        self._stderr = process.Tail(self._proc.stderr, f"load-{self._proc.pid}-stderr")
+        self._finalizer = weakref.finalize(self, child.stop_pid, self._proc, self.stop_grace)
+        self._stderr = child.Tail(self._proc.stderr, f"load-{self._proc.pid}-stderr")
         assert self._proc.stdout is not None
-        self._stdout = process.LineReader(self._proc.stdout)
+        self._stdout = child.LineReader(self._proc.stdout)
         try:
             event = self._next_event(time.monotonic() + self.start_timeout, "ready")
         except BaseException:
@@ -356,7 +358,7 @@ class Load:
                 code = self._proc.wait()
                 assert self._stderr is not None
                 self._stderr.join(self.stop_grace)
-                process.unlink_shm(self.info.get("shm"))
+                child.unlink_shm(self.info.get("shm"))
                 raise LoadFailed(code, self.stderr_tail, f"exited before {want!r}")
             event = json.loads(line)
             if event.get("event") == want:
@@ -404,7 +406,7 @@ class Load:
         self._close_shm()
         if self._stderr is not None:
             self._stderr.join(self.stop_grace)
-        process.unlink_shm(self.info.get("shm"))
+        child.unlink_shm(self.info.get("shm"))
         return self._result
 
     def _close_shm(self) -> None:
@@ -438,7 +440,7 @@ class Load:
 
     def cpu_seconds(self) -> float:
         """CPU seconds the load process has used so far (/proc/<pid>/stat)."""
-        return process.cpu_seconds(self.pid)
+        return child.cpu_seconds(self.pid)
 
     def thread_counters(self) -> list[dict[str, Any]]:
         """Per-thread counters from shared memory (while the process runs)."""
@@ -450,12 +452,7 @@ class Load:
 
     def counters(self) -> dict[str, int]:
         """Counters summed over threads: load_sent, load_received, bytes_out, sys_write..."""
-        total: dict[str, int] = {}
-        for row in self.thread_counters():
-            for name, value in row.items():
-                if isinstance(value, int) and name != "ns":
-                    total[name] = total.get(name, 0) + value
-        return total
+        return sum_slots(self.thread_counters())
 
     def __repr__(self) -> str:
         state = "not running" if not self.info else (
