@@ -83,7 +83,7 @@ def test_cli_run_validation_matches_the_api(tmp_path: Path,
     assert main(["run", "--workers", "0", "--store", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err == f"labkit run: {e.value.for_cli({})[0]}\n" == (
-        "labkit run: --workers 0 must be an integer 1..64\n")
+        "labkit run: --workers 0 must be an integer 1..64 (default 1)\n")
     for argv, says in ((["--io", "kqueue"], "labkit run: --io: invalid choice: 'kqueue'"),
                        (["--rate", "fast"], "labkit run: --rate: 'fast' is not megabits"),
                        (["--duration", "-3"], "labkit run: --duration -3.0 must be seconds"),

@@ -68,7 +68,7 @@ def test_relay_tls_files_private_while_running_and_gone_after() -> None:
 def test_mesh_key_compared_in_constant_time() -> None:
     """The relay compares the mesh key with sodium_memcmp (a wrong last digit being
     refused is tests/conformance/test_mesh.py and tests/adversarial/test_identity.py)."""
-    src = (ROOT / "native" / "src" / "session.c").read_text()
+    src = (ROOT / "native" / "src" / "relay" / "session.c").read_text()
     assert re.search(r"sodium_memcmp\(info\.mesh_key,\s*w->relay->cfg\.mesh_key,\s*32\)", src)
     assert not re.search(r"\bmemcmp\([^)]*mesh_key", src.replace("sodium_memcmp", ""))
 
