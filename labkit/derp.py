@@ -1,4 +1,4 @@
-"""A pure-Python reference DERP client (see derp-protocol.md).
+"""A pure-Python reference DERP client (see docs/protocol.md).
 
 DERP ("Designated Encrypted Relay for Packets") is how Tailscale nodes reach
 each other when no direct UDP path exists: every node keeps one TCP (usually
@@ -39,7 +39,7 @@ from nacl.exceptions import CryptoError
 from nacl.public import Box, PrivateKey, PublicKey
 
 # --------------------------------------------------------------------------
-# Protocol constants (derp-protocol.md §1, §6, §8)
+# Protocol constants (docs/protocol.md §3, §7)
 # --------------------------------------------------------------------------
 
 #: First 8 bytes of a ServerKey payload: ASCII "DERP" + UTF-8 of U+1F511 (key).
@@ -74,7 +74,7 @@ MAX_HTTP_HEAD = 16 * 1024
 
 
 class FrameType:
-    """Frame type bytes (§6). Values 0x0b-0x0f and 0x16+ are unassigned."""
+    """Frame type bytes (docs/protocol.md §3.3). Values 0x0b-0x0f and 0x16+ are unassigned."""
 
     SERVER_KEY = 0x01  # relay -> client: magic + relay public key
     CLIENT_INFO = 0x02  # client -> relay: client key + sealed JSON
@@ -94,11 +94,11 @@ class FrameType:
     RESTARTING = 0x15  # relay -> client: reconnect-in ms + try-for ms
 
 
-#: PeerGone reasons (§6.5).
+#: PeerGone reasons (docs/protocol.md §3.4, §5.6).
 PEER_GONE_DISCONNECTED = 0x00  # the peer's last connection left
 PEER_GONE_NOT_HERE = 0x01  # reply to a disco send to an unknown key
 
-#: PeerPresent flag bits (§6.6).
+#: PeerPresent flag bits (docs/protocol.md §3.4, §5.8).
 PEER_PRESENT_REGULAR = 0x01  # only when no other bit applies
 PEER_PRESENT_MESH = 0x02  # presented the correct mesh key
 PEER_PRESENT_PROBER = 0x04  # ClientInfo had IsProber
@@ -332,7 +332,7 @@ class FrameReader:
 
 
 # --------------------------------------------------------------------------
-# Crypto: ClientInfo and ServerInfo (§4.2, §5.3, §5.4)
+# Crypto: ClientInfo and ServerInfo (docs/protocol.md §4.3-§4.5)
 # --------------------------------------------------------------------------
 
 
@@ -402,12 +402,12 @@ def open_server_info(
 
 
 def is_disco(packet: bytes) -> bool:
-    """True if the relay would treat ``packet`` as disco (§7.2)."""
+    """True if the relay would treat ``packet`` as disco (docs/protocol.md §5.1, §5.7)."""
     return len(packet) >= DISCO_MIN_LEN and packet.startswith(DISCO_MAGIC)
 
 
 # --------------------------------------------------------------------------
-# Transport and HTTP upgrade (§2)
+# Transport and HTTP upgrade (docs/protocol.md §2)
 # --------------------------------------------------------------------------
 
 

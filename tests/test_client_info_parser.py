@@ -1,7 +1,7 @@
 """The ClientInfo JSON decoder (native/src/client_info.c).
 
 The expected verdicts are what Go's encoding/json gives when derper unmarshals into
-derp.ClientInfo (derp-protocol.md §5.3, §14 item 14): a strict RFC 8259 parse of the
+derp.ClientInfo (docs/protocol.md §4.4, §9 item 14): a strict RFC 8259 parse of the
 whole input, an object or null at the top, case-insensitive keys, unknown keys skipped,
 Go's type rules per field, and meshKey as exactly 64 hex digits.
 """

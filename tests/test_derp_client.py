@@ -1,4 +1,4 @@
-"""Unit tests of labkit.derp without a relay: derp-protocol.md §13 vectors,
+"""Unit tests of labkit.derp without a relay: docs/protocol.md §8 worked bytes,
 the streaming FrameReader, frame decoding and HTTP head parsing."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from nacl.public import PrivateKey
 from labkit import derp
 from labkit.derp import FrameType as T
 
-# ---- §13 known-answer vectors ---------------------------------------------
+# ---- docs/protocol.md §8: known-answer vectors ---------------------------------------------
 
 RELAY_PRIV = bytes.fromhex("1011111111111111111111111111111111111111111111111111111111111151")
 RELAY_PUB = bytes.fromhex("7b4e909bbe7ffe44c465a220037d608ee35897d31ef972f07f74892cb0f73f13")
@@ -20,7 +20,7 @@ CLIENT_PUB = bytes.fromhex("0faa684ed28867b97f4a6a2dee5df8ce974e76b7018e3f22a1c4
 
 
 def _hex(*parts: str) -> bytes:
-    """Bytes from hex pieces laid out as in the spec (spaces ignored)."""
+    """Bytes from hex pieces laid out as in docs/protocol.md §8 (spaces ignored)."""
     return bytes.fromhex(" ".join(parts))
 
 

@@ -1,6 +1,6 @@
 """The relay's HTTP request parser and response builders (native/src/http.c).
 
-Covers the parser side of derp-protocol.md §14 items 1-3, 5-7 and §2.2-2.5:
+Covers the parser side of docs/protocol.md §9 items 1-3, 5-7 and §2.2-§2.6:
 routing, upgrade detection, fast start, Ideal-Node, the /generate_204
 challenge, byte-at-a-time arrival, surplus bytes after the head, the head
 size cap, and the malformed requests Go's net/http answers with 400.
@@ -67,7 +67,7 @@ def respond(raw: bytes) -> tuple[str, dict[str, str], bytes]:
     return split_response(resp)
 
 
-# ---- §14 items 1 and 2: the DERP upgrade ----------------------------------------------
+# ---- docs/protocol.md §9 items 1 and 2: the DERP upgrade ----------------------------------------------
 
 
 @pytest.mark.parametrize("upgrade", ["DERP", "derp", "Derp", "WebSocket", "websocket"])
@@ -135,7 +135,7 @@ def test_build_101_short_buffer() -> None:
     assert lib.lk_http_build_101(KEY, out, full + 1) == full
 
 
-# ---- §14 item 3: /derp without an upgrade --------------------------------------------
+# ---- docs/protocol.md §9 item 3: /derp without an upgrade --------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -164,7 +164,7 @@ def test_first_upgrade_header_counts() -> None:
     assert parsed(request("/derp", "Upgrade: DERP", "Upgrade: h2c")).upgrade == 1
 
 
-# ---- §2.4: fast start, §2.3 step 5: Ideal-Node ---------------------------------------
+# ---- docs/protocol.md §2.5: fast start, §2.4: Ideal-Node ---------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -194,7 +194,7 @@ def test_ideal_node(header: str | None, expected: int) -> None:
     assert parsed(request("/derp", "Upgrade: DERP", *extra)).not_ideal == expected
 
 
-# ---- §14 item 6: probe endpoints ------------------------------------------------------
+# ---- docs/protocol.md §9 item 6: probe endpoints ------------------------------------------------------
 
 
 @pytest.mark.parametrize("path", ["/derp/probe", "/derp/latency-check"])
@@ -224,7 +224,7 @@ def test_probe_wins_over_upgrade() -> None:
     assert req.route == lib.LK_ROUTE_PROBE
 
 
-# ---- §14 item 7: /generate_204 --------------------------------------------------------
+# ---- docs/protocol.md §9 item 7: /generate_204 --------------------------------------------------------
 
 NO_CACHE = "no-cache, no-store, must-revalidate, no-transform, max-age=0"
 VALID_64 = "aZ09._:-" * 8
@@ -388,7 +388,7 @@ def test_unrelated_and_obs_text_headers_are_fine() -> None:
     assert req.upgrade == 1
 
 
-# ---- §14 item 5: arrival in pieces, and the bytes behind the head -----------------------
+# ---- docs/protocol.md §9 item 5: arrival in pieces, and the bytes behind the head -----------------------
 
 CLIENT_REQUEST = request(
     "/derp",

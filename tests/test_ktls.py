@@ -362,7 +362,7 @@ def test_ktls_load_generator_takes_session_tickets_after_the_switch() -> None:
 
 # group -> (pytest arguments, LABKIT_MODES, whether a skipped test is acceptable)
 SANDBOX_GROUPS: dict[str, tuple[list[str], str, bool]] = {
-    # the §14 conformance suite against a kTLS relay, one mode per backend
+    # the conformance suite (docs/protocol.md §9) against a kTLS relay, one mode per backend
     "conformance": (["tests/conformance"], "epoll-ktls-w1,uring-ktls-w2", True),
     # this file's kTLS data-path tests (test_in_sandbox itself skips in the guest, which
     # has kTLS); the other tests here must all run there

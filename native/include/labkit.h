@@ -316,7 +316,7 @@ int lk_client_info_parse(const char *json, size_t len, lk_client_info *out);
 
 /* Frame stream parser test surface: feed `data` in `chunk`-byte pieces to
  * the relay's streaming parser with its steady-state per-type length rules
- * (derp-protocol.md 7.7) and record each frame it completes. */
+ * (docs/protocol.md §3.3) and record each frame it completes. */
 typedef struct lk_parsed_frame {
     uint8_t type;
     uint32_t len;

@@ -20,7 +20,7 @@ def mesh_info(mesh_key: bytes) -> dict[str, Any]:
 
 
 def wrong_mesh_info(mesh_key: bytes) -> dict[str, Any]:
-    """The right key with its last hex digit changed (§14 item 40)."""
+    """The right key with its last hex digit changed (docs/protocol.md §9 item 40)."""
     text = mesh_key.hex()
     return {"meshKey": text[:-1] + ("0" if text[-1] != "0" else "1"), "version": 2}
 

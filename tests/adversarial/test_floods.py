@@ -122,7 +122,7 @@ def test_slow_reader_gets_an_intact_stream(relay: Any, connect: Any) -> None:
             gones.append(f.key)
         elif not isinstance(f, derp.KeepAlive):
             raise AssertionError(f"unexpected frame {f!r}")
-    # one Pong may be outstanding at a time (§6.10): some Pings go unanswered
+    # one Pong may be outstanding at a time (docs/protocol.md §5.4): some Pings go unanswered
     assert pongs and pongs == sorted(pongs) and set(pongs) <= set(pings)
     assert gones == [gone.public_key]
     assert seqs and seqs == sorted(seqs), "packets were all lost or overtook each other"

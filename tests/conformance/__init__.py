@@ -1,1 +1,1 @@
-"""DERP relay conformance suite: derp-protocol.md §14, one test per check."""
+"""DERP relay conformance suite: docs/protocol.md §9, one test per check."""

@@ -153,7 +153,7 @@ def frame(frame_type: int, payload: bytes = b"") -> bytes:
 
 
 def disco_packet(size: int = derp.DISCO_MIN_LEN) -> bytes:
-    """A packet the relay treats as disco (§7.2) when size >= 62."""
+    """A packet the relay treats as disco (docs/protocol.md §5.1, §5.7) when size >= 62."""
     body = derp.DISCO_MAGIC + secrets.token_bytes(max(0, size - len(derp.DISCO_MAGIC)))
     return body[:size]
 

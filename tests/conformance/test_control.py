@@ -1,4 +1,4 @@
-"""§14 items 27-32: Ping/Pong, NotePreferred, unknown frames, mesh-only frames, KeepAlive."""
+"""docs/protocol.md §9, items 27-32: Ping/Pong, NotePreferred, unknown frames, mesh-only frames, KeepAlive."""
 
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def test_idle_client_receives_keepalive(make_relay: Any, connect: Any) -> None:
     r = make_relay(keepalive=1.0)
     a = connect(r)
     t0 = time.monotonic()
-    # Period plus the jitter the spec allows ([0, 5 s)), plus slack.
+    # Period plus the most jitter the relay adds (period/12, docs/protocol.md §5.3), plus slack.
     frame_type, payload = a.recv_raw(1.0 + 5.0 + ARRIVE)
     assert (frame_type, payload) == (T.KEEP_ALIVE, b""), f"got 0x{frame_type:02x} instead"
     assert time.monotonic() - t0 > 0.5, "KeepAlive came long before the configured period"

@@ -1,4 +1,4 @@
-"""§14 items 1-7: the HTTP layer in front of DERP."""
+"""docs/protocol.md §9, items 1-7: the HTTP layer in front of DERP."""
 
 from __future__ import annotations
 

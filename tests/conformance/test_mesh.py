@@ -1,4 +1,4 @@
-"""§14 items 35-40: mesh peers and watchers (the test relays have a mesh key)."""
+"""docs/protocol.md §9, items 35-40: mesh peers and watchers (the test relays have a mesh key)."""
 
 from __future__ import annotations
 
@@ -180,7 +180,7 @@ def test_mesh_key_differing_in_last_digit_is_not_a_mesh_peer(
 
 
 def test_relay_without_mesh_key_has_no_mesh_peers(make_relay: Any, connect: Any) -> None:
-    """§9: a relay with no mesh key treats any presented meshKey as not matching."""
+    """docs/protocol.md §6.6: a relay with no mesh key treats any presented meshKey as not matching."""
     r = make_relay()  # no mesh_key_file
     w = connect(r, client_info=mesh_info(bytes(range(32))))
     assert_closed(w, frame(T.WATCH_CONNS))

@@ -1,4 +1,4 @@
-"""§14 items 33-34: PeerGone to earlier receivers and duplicate-key connections."""
+"""docs/protocol.md §9, items 33-34: PeerGone to earlier receivers and duplicate-key connections."""
 
 from __future__ import annotations
 

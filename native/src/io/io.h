@@ -52,6 +52,10 @@ typedef struct lk_io_ops {
 extern const lk_io_ops lk_io_epoll;
 extern const lk_io_ops lk_io_uring;
 
+/* The listening socket (listener.c): LK_OK if fd is a TCP socket; make it non-blocking. */
+int lk_io_listener_check(int fd);
+int lk_io_listener_nonblocking(int fd);
+
 /* ---- the core's entry points for backends (relay/conns.c) ---- */
 struct sockaddr_storage;
 /* A connection the acceptor accepted (TCP_NODELAY already set): 0, or -1 when no

@@ -14,7 +14,7 @@
 
 #include "common/common.h"
 #include "io/io.h"
-#include "relay/worker.h"
+#include "relay/state.h"
 #include "tls/ktls.h"
 
 #define EP_EVENTS 256

@@ -23,7 +23,7 @@
 
 #include "common/common.h"
 #include "io/io.h"
-#include "relay/worker.h"
+#include "relay/state.h"
 
 #define UR_ENTRIES 1024
 #define UR_PBUF_COUNT 64         /* power of two; small on purpose, see below */

@@ -1,5 +1,5 @@
 /* load_client.c — one load-generator DERP client: connect, TLS, HTTP upgrade,
- * the client side of the DERP handshake (derp-protocol.md 2, 5), steady-state
+ * the client side of the DERP handshake (docs/protocol.md §2, §4), steady-state
  * frame parsing, and its output buffer.  What a received packet *means*
  * (counting, latency, echo) is load_worker.c's business: this file hands it
  * every RecvPacket through lk_load_on_packet().
@@ -390,7 +390,7 @@ static long feed_http(lk_load_conn *c, const uint8_t *data, size_t n)
              line > 80 ? 80 : line, c->head);
         return -1;
     }
-    /* bytes after the blank line are already DERP frames (ServerKey) (2.4) */
+    /* bytes after the blank line are already DERP frames (ServerKey) (docs/protocol.md §2.6) */
     size_t surplus = c->head_len - head;
     free(c->head);
     c->head = NULL;
@@ -566,7 +566,7 @@ static int send_client_info(lk_load_conn *c)
     memcpy(p + LK_FRAME_HDR, c->pk, LK_KEY_LEN);
     uint8_t *nonce = p + LK_FRAME_HDR + LK_KEY_LEN;
     randombytes_buf(nonce, crypto_box_NONCEBYTES);
-    /* nonce || tag || ciphertext: crypto_box_easy writes tag || ciphertext (4.2) */
+    /* nonce || tag || ciphertext: crypto_box_easy writes tag || ciphertext (docs/protocol.md §4.3) */
     if (crypto_box_easy(nonce + crypto_box_NONCEBYTES, (const uint8_t *)client_info_json,
                         json_len, nonce, c->relay_pk, c->sk) != 0) {
         note(c, "cannot seal ClientInfo to the relay's key (a low-order key?)");
@@ -663,7 +663,7 @@ static int frame_end(void *ctx, uint8_t type, uint32_t len, uint8_t *payload)
         lk_load_on_packet(c, payload, len);
     } else if (type == LK_FT_PING) {
         LK_LCOUNT(c->thr, PINGS);
-        if (!c->pong_pending) {  /* one Pong outstanding, as the relay does (6.10) */
+        if (!c->pong_pending) {  /* one Pong outstanding, as the relay does (docs/protocol.md §5.4) */
             memcpy(c->pong, payload, 8);
             c->pong_pending = 1;
         }

@@ -45,7 +45,7 @@ int lk_load_tls_ctx_create(lk_load_tls_ctx **out, const char *ca_file, int insec
         rc = lk_tls_fail("cannot load CA file", ca_file);
     else if (!insecure && !ca_file && SSL_CTX_set_default_verify_paths(ctx->ssl_ctx) != 1)
         rc = lk_tls_fail("cannot load the system certificate store", NULL);
-    /* http/1.1 only: an h2 ALPN answer would break the upgrade (2.6); 0 is success */
+    /* http/1.1 only: an h2 ALPN answer would break the upgrade (docs/protocol.md §2.1); 0 is success */
     else if (SSL_CTX_set_alpn_protos(ctx->ssl_ctx, alpn, sizeof alpn) != 0)
         rc = lk_tls_fail("cannot set ALPN", NULL);
     /* kTLS: the one suite the kernel gets; a relay without it fails the handshake */

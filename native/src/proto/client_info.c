@@ -1,6 +1,6 @@
 /*
  * client_info.c — decode the ClientInfo JSON a client seals into its first
- * frame (derp-protocol.md §5.3), accepting and refusing what Go's
+ * frame (docs/protocol.md §4.4), accepting and refusing what Go's
  * encoding/json does when it unmarshals into derp.ClientInfo:
  *
  *   - the whole input is RFC 8259 JSON; empty input, trailing bytes or any

@@ -30,7 +30,7 @@ enum lk_body_action lk_frame_rule(uint8_t type, uint32_t len, int mesh, int *mes
     case LK_FT_PING:
         return len >= LK_PING_MIN && len <= LK_PING_MAX ? LK_BODY_BUFFER : LK_BODY_CLOSE;
     default:
-        /* every other type, assigned or not, is skipped by length (6.13) */
+        /* every other type, assigned or not, is skipped by length (docs/protocol.md §3.5) */
         return LK_BODY_SKIP;
     }
 }

@@ -1,7 +1,7 @@
 /* frame.h — DERP framing: constants, per-type length rules, streaming reader.
  *
  * Every DERP message is a 1-byte type, a 4-byte big-endian payload length,
- * then the payload (derp-protocol.md section 3).  The reader below never needs
+ * then the payload (docs/protocol.md §3.1).  The reader below never needs
  * a whole frame in one read: it is fed whatever arrived and asks its owner,
  * per frame header, where the payload should go. */
 #ifndef LK_FRAME_H
@@ -39,7 +39,7 @@ enum lk_frame_type {
 
 enum lk_peer_gone_reason { LK_GONE_DISCONNECTED = 0x00, LK_GONE_NOT_HERE = 0x01 };
 
-/* PeerPresent flags (derp-protocol.md 6.6) */
+/* PeerPresent flags (docs/protocol.md §3.4, §5.8) */
 enum { LK_PRESENT_REGULAR = 0x01, LK_PRESENT_MESH = 0x02, LK_PRESENT_PROBER = 0x04,
        LK_PRESENT_NOT_IDEAL = 0x08 };
 
@@ -72,7 +72,7 @@ enum lk_body_action {
     LK_BODY_CLOSE,       /* a length or permission rule failed: close */
 };
 
-/* The relay's steady-state length rule for a client->relay frame (7.7).
+/* The relay's steady-state length rule for a client->relay frame (docs/protocol.md §3.3, §7.2).
  * `mesh`: the sender presented the mesh key.  Returns BUFFER for the frames
  * the relay handles, SKIP for every other type, CLOSE when a rule fails;
  * *mesh_denied is set when the failure is a mesh-only frame from a non-mesh

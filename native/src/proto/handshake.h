@@ -1,4 +1,4 @@
-/* handshake.h — the DERP handshake's three frames (derp-protocol.md 5):
+/* handshake.h — the DERP handshake's three frames (docs/protocol.md §4):
  * ServerKey out, ClientInfo in (NaCl box opened, JSON decoded), ServerInfo out. */
 #ifndef LK_HANDSHAKE_H
 #define LK_HANDSHAKE_H

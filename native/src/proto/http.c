@@ -1,7 +1,7 @@
 /*
  * http.c — the relay's HTTP/1.1 front door: parse one request head, answer
  * the requests that are not a DERP upgrade, and write the 101 for those that
- * are (derp-protocol.md §2.2–2.5).
+ * are (docs/protocol.md §2.2–§2.6).
  *
  * The parser works in place on the caller's buffer and allocates nothing.
  * It is strict where Go's net/http answers 400 (the relay then just closes):
@@ -300,7 +300,7 @@ static int challenge_valid(struct span c)
     return 1;
 }
 
-/* Turn the remembered headers into the request's flags (§2.3 steps 1–5). */
+/* Turn the remembered headers into the request's flags (docs/protocol.md §2.4). */
 static void apply_heads(const struct heads *h, lk_http_request *req)
 {
     int derp = span_ieq(h->upgrade, "derp");

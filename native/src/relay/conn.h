@@ -30,7 +30,7 @@ enum lk_conn_state {
 #define LK_SMALL_BODY 1024    /* Ping, NotePreferred, ClosePeer payloads */
 #define LK_TX_MAX 512         /* frames the writer holds / one vectored send may carry */
 
-/* A bounded FIFO of packets for one destination: head-drop when full (7.3). */
+/* A bounded FIFO of packets for one destination: head-drop when full (docs/protocol.md §6.3). */
 typedef struct lk_pktq {
     lk_pkt **slots;
     uint32_t head;

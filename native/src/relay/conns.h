@@ -6,7 +6,7 @@
 #ifndef LK_CONNS_H
 #define LK_CONNS_H
 
-#include "relay/worker.h"
+#include "relay/state.h"
 
 /* A connection in transit from the acceptor to its worker. */
 typedef struct lk_handoff {

@@ -79,7 +79,7 @@ static void make_room(lk_worker *w, lk_conn *c, lk_pktq *q)
         w->stats.c[LK_C_QUEUE_DEPTH]--;
     }
     if (q->count == q->cap) {
-        /* head drop: the oldest packet is the least useful one (7.3) */
+        /* head drop: the oldest packet is the least useful one (docs/protocol.md §6.3) */
         lk_pkt_free(w, q_pop(q));
         LK_COUNT(w, DROP_QUEUE_HEAD);
         w->stats.c[LK_C_QUEUE_DEPTH]--;

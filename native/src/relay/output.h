@@ -10,7 +10,7 @@
 
 #include <sys/uio.h>
 
-#include "relay/worker.h"
+#include "relay/state.h"
 
 int lk_out_queues_init(lk_conn *c, uint32_t depth);
 /* Queue raw HTTP bytes before the DERP stream. */

@@ -1,12 +1,10 @@
 /* relay.c — the public entry points: config defaults and validation, start
  * the workers, wait for lk_relay_stop(), tear down. */
 #include <errno.h>
-#include <fcntl.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "common/common.h"
@@ -39,12 +37,8 @@ void lk_relay_config_defaults(lk_relay_config *cfg)
 
 static int validate(const lk_relay_config *cfg)
 {
-    int type = 0;
-    socklen_t len = sizeof type;
-    if (cfg->listen_fd < 0 || getsockopt(cfg->listen_fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 ||
-        type != SOCK_STREAM)
-        return lk_fail(LK_ERR_CONFIG, "listen_fd\tis %d, not a TCP socket\t", cfg->listen_fd);
-    return lk_relay_config_check(cfg);
+    int rc = lk_io_listener_check(cfg->listen_fd);
+    return rc == LK_OK ? lk_relay_config_check(cfg) : rc;
 }
 
 /* Capabilities this build or this kernel does not have are refused, never ignored. */
@@ -92,11 +86,11 @@ static int setup(lk_relay *r, const lk_relay_config *cfg)
     r->n_threads = r->n_workers + 1;  /* + the acceptor */
     r->stop_fd = stop_fd;
     crypto_scalarmult_base(r->public_key, cfg->private_key);
-    int flags = fcntl(cfg->listen_fd, F_GETFL);
-    if (flags < 0 || fcntl(cfg->listen_fd, F_SETFL, flags | O_NONBLOCK) != 0)
-        return lk_fail(LK_ERR_SYSTEM, "cannot make listen_fd non-blocking: %s", strerror(errno));
+    int rc = lk_io_listener_nonblocking(cfg->listen_fd);
+    if (rc != LK_OK)
+        return rc;
     /* counter slots: one per data worker, then the acceptor's */
-    int rc = lk_shm_create(&r->shm, cfg->shm_name, r->n_threads, LK_ROLE_RELAY);
+    rc = lk_shm_create(&r->shm, cfg->shm_name, r->n_threads, LK_ROLE_RELAY);
     if (rc == LK_OK)
         rc = lk_shard_init(r);
     if (rc == LK_OK && cfg->tls != LK_TLS_OFF)

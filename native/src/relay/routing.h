@@ -9,7 +9,7 @@
 #ifndef LK_ROUTING_H
 #define LK_ROUTING_H
 
-#include "relay/worker.h"
+#include "relay/state.h"
 #include "relay/xmsg.h"
 
 /* A handshaked connection joins its key (0), or the peer table is full (-1). */

@@ -1,6 +1,6 @@
 /* session.h — a connection's input side (session.c): TLS records -> HTTP request ->
  * DERP handshake -> steady-state frames, fed incrementally from whatever the backend
- * received.  A session never closes its connection itself: it dooms it (worker.h),
+ * received.  A session never closes its connection itself: it dooms it (state.h),
  * and it leaves a handshaked connection in LK_CS_HANDOFF for the lifecycle layer to
  * move to the worker that owns its key. */
 #ifndef LK_SESSION_H
@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "relay/worker.h"
+#include "relay/state.h"
 
 /* A new connection on the acceptor: expect TLS or HTTP, under the handshake deadline. */
 void lk_session_start(lk_worker *w, lk_conn *c);

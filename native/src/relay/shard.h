@@ -12,7 +12,7 @@
 #define LK_SHARD_H
 
 #include "relay/spsc.h"
-#include "relay/worker.h"
+#include "relay/state.h"
 
 #define LK_RING_CAP 8192
 

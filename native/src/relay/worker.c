@@ -15,6 +15,7 @@
 #include <sched.h>
 
 #include "relay/conns.h"
+#include "relay/worker.h"
 #include "relay/output.h"
 #include "relay/routing.h"
 #include "relay/shard.h"

@@ -19,7 +19,7 @@ struct lk_tls_conn {
     lk_tls_mem mem;
 };
 
-/* ALPN: http/1.1 only, so a client can never negotiate h2 and break the upgrade (2.6). */
+/* ALPN: http/1.1 only, so a client can never negotiate h2 and break the upgrade (docs/protocol.md §2.1). */
 static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                        const unsigned char *in, unsigned int inlen, void *arg)
 {
