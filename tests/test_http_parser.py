@@ -67,7 +67,7 @@ def respond(raw: bytes) -> tuple[str, dict[str, str], bytes]:
     return split_response(resp)
 
 
-# ---- docs/protocol.md §9 items 1 and 2: the DERP upgrade ----------------------------------------------
+# ---- docs/protocol.md §9 items 1 and 2: the DERP upgrade
 
 
 @pytest.mark.parametrize("upgrade", ["DERP", "derp", "Derp", "WebSocket", "websocket"])
@@ -135,7 +135,7 @@ def test_build_101_short_buffer() -> None:
     assert lib.lk_http_build_101(KEY, out, full + 1) == full
 
 
-# ---- docs/protocol.md §9 item 3: /derp without an upgrade --------------------------------------------
+# ---- docs/protocol.md §9 item 3: /derp without an upgrade
 
 
 @pytest.mark.parametrize(
@@ -194,7 +194,7 @@ def test_ideal_node(header: str | None, expected: int) -> None:
     assert parsed(request("/derp", "Upgrade: DERP", *extra)).not_ideal == expected
 
 
-# ---- docs/protocol.md §9 item 6: probe endpoints ------------------------------------------------------
+# ---- docs/protocol.md §9 item 6: probe endpoints
 
 
 @pytest.mark.parametrize("path", ["/derp/probe", "/derp/latency-check"])
@@ -224,7 +224,7 @@ def test_probe_wins_over_upgrade() -> None:
     assert req.route == lib.LK_ROUTE_PROBE
 
 
-# ---- docs/protocol.md §9 item 7: /generate_204 --------------------------------------------------------
+# ---- docs/protocol.md §9 item 7: /generate_204
 
 NO_CACHE = "no-cache, no-store, must-revalidate, no-transform, max-age=0"
 VALID_64 = "aZ09._:-" * 8
@@ -388,7 +388,7 @@ def test_unrelated_and_obs_text_headers_are_fine() -> None:
     assert req.upgrade == 1
 
 
-# ---- docs/protocol.md §9 item 5: arrival in pieces, and the bytes behind the head -----------------------
+# ---- docs/protocol.md §9 item 5: arrival in pieces, and the bytes behind the head
 
 CLIENT_REQUEST = request(
     "/derp",

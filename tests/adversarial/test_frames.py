@@ -60,7 +60,8 @@ def _cases(peer: bytes) -> list[tuple[str, bool, bytes, str]]:
         ("ping-7", False, frame(T.PING, b"1234567"), "close_protocol"),
         ("ping-1001", False, frame(T.PING, bytes(1001)), "close_protocol"),
         ("ping-4g", False, header(T.PING, 0xFFFFFFFF), "close_protocol"),
-        # Frames the relay does not handle are skipped by length, whatever it is (docs/protocol.md §3.5)
+        # Frames the relay does not handle are skipped by length, whatever it is (docs/protocol.md
+        # §3.5)
         ("server-key", False, frame(T.SERVER_KEY, bytes(5)), "open"),
         ("client-info-again", False, frame(T.CLIENT_INFO, bytes(100)), "open"),
         ("server-info", False, frame(T.SERVER_INFO, bytes(7)), "open"),
@@ -139,7 +140,8 @@ def _expect_mixed(a: derp.Client, b: derp.Client, tag: bytes) -> None:
     want = [tag + b"-1", b"", tag + b"-2"]
     got = [b.recv_packet(ARRIVE) for _ in range(len(want) + 1)]
     assert {p.src for p in got} == {a.public_key}
-    # disco packets have their own queue, drained first (docs/protocol.md §6.4): order holds per queue
+    # disco packets have their own queue, drained first (docs/protocol.md §6.4): order holds per
+    # queue
     assert [p.data for p in got if p.data != disco] == want
     assert sum(p.data == disco for p in got) == 1
     pong = a.recv_until(lambda f: isinstance(f, derp.Pong), ARRIVE)

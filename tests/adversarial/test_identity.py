@@ -1,5 +1,6 @@
 """Identity abuse: one key connecting many times at once, and mesh-only frames from
-clients without the mesh key or with an almost-right one (docs/protocol.md §6.2, §6.6, §9 items 31, 40)."""
+clients without the mesh key or with an almost-right one (docs/protocol.md §6.2, §6.6, §9 items
+31, 40)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""docs/protocol.md §9, items 27-32: Ping/Pong, NotePreferred, unknown frames, mesh-only frames, KeepAlive."""
+"""docs/protocol.md §9, items 27-32: Ping/Pong, NotePreferred, unknown frames, mesh-only frames,
+KeepAlive."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""docs/protocol.md §9, items 17-26: SendPacket -> RecvPacket, sizes, unknown destinations, ordering."""
+"""docs/protocol.md §9, items 17-26: SendPacket -> RecvPacket, sizes, unknown destinations,
+ordering."""
 
 from __future__ import annotations
 

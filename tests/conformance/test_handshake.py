@@ -152,7 +152,8 @@ def test_client_info_json_variants_are_accepted(relay: Any, plaintext: bytes) ->
     ],
 )
 def test_client_info_json_invalid_is_closed(relay: Any, plaintext: bytes) -> None:
-    """14 (and docs/protocol.md §4.4): malformed meshKey, non-JSON, empty, array, trailing garbage."""
+    """14 (and docs/protocol.md §4.4): malformed meshKey, non-JSON, empty, array, trailing
+    garbage."""
     with upgraded(relay) as c:
         c.send_client_info(plaintext)
         assert_closed(c)

@@ -180,7 +180,8 @@ def test_mesh_key_differing_in_last_digit_is_not_a_mesh_peer(
 
 
 def test_relay_without_mesh_key_has_no_mesh_peers(make_relay: Any, connect: Any) -> None:
-    """docs/protocol.md §6.6: a relay with no mesh key treats any presented meshKey as not matching."""
+    """docs/protocol.md §6.6: a relay with no mesh key treats any presented meshKey as not
+    matching."""
     r = make_relay()  # no mesh_key_file
     w = connect(r, client_info=mesh_info(bytes(range(32))))
     assert_closed(w, frame(T.WATCH_CONNS))

@@ -1,4 +1,5 @@
-"""docs/protocol.md §9, item 42: many clients connecting and disconnecting (bounded, loopback only)."""
+"""docs/protocol.md §9, item 42: many clients connecting and disconnecting (bounded, loopback
+only)."""
 
 from __future__ import annotations
 
