@@ -56,8 +56,12 @@ from labkit.lab.result import Result, RunFailed, SweepResult
 from labkit.lab.stats import summarize, welch
 from labkit.problems import Problem, raise_if
 from labkit.procs import pinning
+from labkit.procs.external import ExternalRelay, ExternalRelayProcess
 from labkit.procs.load import Load, LoadConfig, LoadError
 from labkit.procs.relay import Relay, RelayError
+
+# What a run measures: labkit's relay (a RelayConfig) or any DERP relay program.
+RelayUnderTest = RelayConfig | ExternalRelay
 
 # RelayConfig fields a summary row carries (tidy columns a sweep can group by).
 _RELAY_COLUMNS = ("io", "tls", "workers", *SWITCHES, "pin_cpus", "queue_depth",
@@ -125,9 +129,31 @@ def _new_run_id(prefix: str = "run") -> str:
     return f"{prefix}-{stamp}-{secrets.token_hex(3)}"
 
 
-def _config_columns(relay_cfg: RelayConfig, load_cfg: LoadConfig) -> dict[str, Any]:
+def relay_name(cfg: RelayUnderTest) -> str:
+    """How results name a relay under test: an external relay's own name, else
+    "labkit-<io>" with its TLS mode and worker count where they are not the defaults."""
+    if isinstance(cfg, ExternalRelay):
+        return cfg.name
+    name = f"labkit-{cfg.io}"
+    if cfg.tls != "off":
+        name += f"-{cfg.tls}"
+    return name + (f"-{cfg.workers}w" if cfg.workers != 1 else "")
+
+
+def relay_settings(cfg: RelayUnderTest) -> str:
+    """The relay's own settings, printed beside its figures."""
+    if isinstance(cfg, ExternalRelay):
+        return cfg.settings_text()
+    r = cfg.to_dict()
+    return ", ".join(f"{k}={r[k]}" for k in _RELAY_COLUMNS if r.get(k) is not None)
+
+
+def _config_columns(relay_cfg: RelayUnderTest, load_cfg: LoadConfig) -> dict[str, Any]:
     r = relay_cfg.to_dict()
-    cols: dict[str, Any] = {k: r[k] for k in _RELAY_COLUMNS}
+    # an external relay has none of the switches or pool sizes: None, not a made-up value
+    cols: dict[str, Any] = {k: r.get(k) for k in _RELAY_COLUMNS}
+    cols["relay"] = relay_name(relay_cfg)
+    cols["relay_settings"] = relay_settings(relay_cfg)
     lo = load_cfg.to_dict()
     for k, col in _LOAD_COLUMNS.items():
         cols[col] = lo[k]
@@ -153,7 +179,7 @@ def _validate_load_template(cfg: LoadConfig) -> LoadConfig:
     return cfg
 
 
-def check_run(relay: RelayConfig, load: LoadConfig, *, hz: float = 10.0,
+def check_run(relay: RelayUnderTest, load: LoadConfig, *, hz: float = 10.0,
               store: bool | str | os.PathLike[str] = False) -> None:
     """Everything run() checks before it starts anything: ConfigError for the configs and
     hz, StoreError for a store it may not write to."""
@@ -170,7 +196,7 @@ def check_run(relay: RelayConfig, load: LoadConfig, *, hz: float = 10.0,
         _store.check_writable(_store.default_dir() if store is True else store)
 
 
-def _for_relay(template: LoadConfig, relay: Relay) -> LoadConfig:
+def _for_relay(template: LoadConfig, relay: Relay | ExternalRelayProcess) -> LoadConfig:
     changes: dict[str, Any] = {"host": relay.host, "port": relay.port, "tls": relay.tls}
     if relay.tls != "off":
         if not template.insecure and template.ca_file is None:
@@ -239,7 +265,20 @@ def _tail(text: str, lines: int = 40) -> str:
     return "".join(text.splitlines(keepends=True)[-lines:])
 
 
-def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
+def fairness(relay_cfg: RelayUnderTest, load_cfg: LoadConfig, placed: pinning.Pinning,
+             hz: float, perf: str | bool) -> dict[str, Any]:
+    """What a run holds fixed for whichever relay it measures, recorded with it: a sweep
+    over several relays gives each the same load generator, CPUs, sizes and windows."""
+    lo = {k: v for k, v in load_cfg.to_dict().items() if k not in ("host", "port", "tls",
+                                                                   "ca_file", "insecure")}
+    return {"relay": relay_name(relay_cfg), "relay_settings": relay_settings(relay_cfg),
+            "relay_cores": relay_cfg.workers, "load_generator": "labkit load (native)",
+            "load": lo, "pinning": placed.note, "hz": hz, "perf": perf,
+            "per_packet_basis": "delivered_* figures: packets the load generator received, "
+                                "the same for every relay"}
+
+
+def run(relay: RelayUnderTest | None = None, load: LoadConfig | None = None, *,
         duration: float | None = None, warmup: float | None = None, hz: float = 10.0,
         perf: str | bool = "auto", procfs: bool = True, pin: bool = True,
         labels: Mapping[str, Any] | None = None, live: Any = None,
@@ -279,7 +318,10 @@ def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
     sources: dict[str, str] = {}
     t0 = ws = we = float("nan")
     relay_proc = load_proc = sampler = waiter = None
-    the_relay = Relay(relay_cfg, start_timeout=start_timeout, stop_grace=stop_grace)
+    the_relay: Relay | ExternalRelayProcess = (
+        relay_cfg.process(start_timeout=start_timeout, stop_grace=stop_grace)
+        if isinstance(relay_cfg, ExternalRelay) else
+        Relay(relay_cfg, start_timeout=start_timeout, stop_grace=stop_grace))
     the_load: Load | None = None
     subscriber = _subscriber(live)
     pump = getattr(live, "pump", None)
@@ -379,9 +421,16 @@ def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
         # the relay ran the whole window but did not stop cleanly: the figures stand, but say so
         info["error"] = f"relay exit code {code} at stop"
         info["stderr_tail"] = _tail(the_relay.stderr_tail)
+    left = getattr(the_relay, "orphans", [])
+    if info["status"] == "ok" and left and not info["error"]:
+        info["error"] = (f"the relay left {len(left)} process(es) running when it stopped "
+                         f"(pids {', '.join(map(str, left))}; labkit stopped them)")
     if figures and not ticks.empty:
-        figures["perf_syscalls_per_packet"] = window.perf_per_packet(
-            ticks, t0, ws, we, int(figures["relay_packets"]))
+        if isinstance(relay_cfg, RelayConfig):
+            figures["perf_syscalls_per_packet"] = window.perf_per_packet(
+                ticks, t0, ws, we, int(figures["relay_packets"]))
+        figures["delivered_perf_syscalls_per_packet"] = window.perf_per_packet(
+            ticks, t0, ws, we, int(figures["received"]))
     ticks = _with_phase(ticks, t0, ws, we)
     summary = {
         "run_id": run_id,
@@ -396,6 +445,9 @@ def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
         "load_cpus": pinning.cpu_list(placed.load_cpus),
         "pinning": placed.note,
         "perf_source": sources.get("perf", "unknown"),
+        "unavailable": "" if isinstance(relay_cfg, RelayConfig) else
+        f"{', '.join(window.SHM_ONLY)}: not available for this relay (labkit's "
+        "shared-memory counters only)",
     }
     for k in window.FIGURES:
         summary.setdefault(k, float("nan"))
@@ -409,7 +461,10 @@ def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
         "sources": sources,
         "capabilities": _capabilities(),
         "hz": hz,
+        "fairness": fairness(relay_cfg, load_cfg, placed, hz, perf),
     }
+    if isinstance(the_relay, ExternalRelayProcess):
+        meta["external"] = {"argv": the_relay.argv, "orphans": the_relay.orphans}
     result = Result(pd.Series(summary, dtype=object), ticks, meta)
     if store is not False:
         _store.save(result, None if store is True else store)
