@@ -534,7 +534,8 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], *,
           control: RunControl | None = None, live: Any = None,
           on_start: Callable[[dict[str, Any], int, Relay, Load], None] | None = None,
           on_result: Callable[[Result], None] | None = None,
-          recording: bool = False) -> SweepResult:
+          recording: bool = False,
+          relays: Sequence[RelayUnderTest] | None = None) -> SweepResult:
     """Run every grid point `repeats` times, interleaved (A B … A B …), and summarise.
 
     grid keys: RelayConfig fields (io, tls, workers, switches, …), LoadConfig fields
@@ -547,6 +548,12 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], *,
     recorded (status "failed", stderr tail) and the sweep goes on. compare=(key, a, b): a
     Welch t-test of b against a per point (default: io epoll vs uring when both are in the
     grid). control.stop() ends the sweep after stopping the current run.
+
+    relays: a list of relays under test (RelayConfigs and ExternalRelays, each named by
+    relay_name(), unique) to run at every grid point, interleaved with the repeats like any
+    other factor (the relay varies fastest); the grid then holds only load and run keys,
+    every relay gets the same load, CPUs and windows (the result's `fairness` says so and
+    names what is not equal), and compare defaults to the first two relays.
     """
     from tqdm.auto import tqdm
 
@@ -559,12 +566,23 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], *,
         # the compared factor varies fastest: A and B of one point run back to back
         grid = {k: grid[k] for k in grid if k != factor} | {factor: grid[factor]}
     points = expand_grid(grid)
+    by_name: dict[str, RelayUnderTest] = {}
+    if relays is not None:
+        by_name = _relays_by_name(relays, points)
+        points = [p | {"relay": n} for p in points for n in by_name]  # relay fastest
+        if compare is None and len(by_name) >= 2:
+            compare = ("relay", *list(by_name)[:2])
     if not points:
         raise ConfigError("the grid has no points")
-    resolved = []
+    resolved: list[tuple[dict[str, Any], RelayUnderTest, LoadConfig, str]] = []
     for p in points:
         try:
-            r, lo = point_configs(p, relay, load, duration, warmup)
+            if by_name:
+                rest = {k: v for k, v in p.items() if k != "relay"}
+                r, lo = by_name[p["relay"]], point_configs(rest, RelayConfig(), load,
+                                                           duration, warmup)[1]
+            else:
+                r, lo = point_configs(p, relay, load, duration, warmup)
             r.validate()
             _validate_load_template(lo)
         except ConfigError as e:
@@ -629,4 +647,47 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], *,
     if compare is not None and not runs.empty:
         factor, a, b = compare
         cmp = welch(runs, factor=factor, a=a, b=b, by=[k for k in by if k != factor])
-    return SweepResult(name, runs, st, cmp, by, paths, skipped)
+    fair = _sweep_fairness(resolved, hz, perf, pin) if by_name else {}
+    return SweepResult(name, runs, st, cmp, by, paths, skipped, fairness=fair)
+
+
+def _relays_by_name(relays: Sequence[RelayUnderTest], points: list[dict[str, Any]]
+                    ) -> dict[str, RelayUnderTest]:
+    """{relay_name: relay} for sweep(relays=…); ConfigError for an empty or ambiguous list
+    or a grid that varies relay settings (those belong in the relays themselves)."""
+    if isinstance(relays, RelayConfig | ExternalRelay) or not relays:
+        raise ConfigError("relays must be a non-empty list of RelayConfig and ExternalRelay")
+    out: dict[str, RelayUnderTest] = {}
+    for r in relays:
+        if not isinstance(r, RelayConfig | ExternalRelay):
+            raise ConfigError(f"relays: {r!r} is neither a RelayConfig nor an ExternalRelay")
+        n = relay_name(r)
+        if n in out:
+            raise ConfigError(f"relays: two relays are named {n!r}; give the external ones "
+                              "distinct names")
+        out[n] = r
+    keys = sorted({k for p in points for k in p} & (_RELAY_GRID | {"relay"}))
+    if keys:
+        raise ConfigError(f"with relays=…, the grid may not vary {', '.join(keys)}: set "
+                          "those in the relays themselves")
+    return out
+
+
+def _sweep_fairness(resolved: list[tuple[dict[str, Any], RelayUnderTest, LoadConfig, str]],
+                    hz: float, perf: str | bool, pin: bool) -> dict[str, Any]:
+    """What every relay of the sweep shared, and anything that was not equal."""
+    relays = {relay_name(r): r for _, r, _, _ in resolved}
+    cores = {n: r.workers for n, r in relays.items()}
+    unequal = []
+    if len(set(cores.values())) > 1:
+        unequal.append(f"relay cores differ: {cores}")
+    return {
+        "relays": {n: relay_settings(r) for n, r in relays.items()},
+        "relay_cores": cores,
+        "same_for_every_relay": ["load generator (labkit load, native)",
+                                 "load config at each point (mode, pairs, size, rate, "
+                                 "threads)", "warm-up and window", f"sampler at {hz:g} Hz",
+                                 f"perf={perf}", "pinning plan" if pin else "no pinning",
+                                 "per-packet basis: packets the load generator received"],
+        "unequal": unequal,
+    }
