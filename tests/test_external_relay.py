@@ -329,3 +329,46 @@ def test_probe_waits_for_a_slow_starter() -> None:
         assert time.monotonic() - t0 >= 1.0
         with derp.Client.connect(relay.host, relay.port) as c:
             assert c.server_key == relay.public_key
+
+
+def test_a_flame_graph_of_an_external_relay() -> None:
+    """py-spy and perf record any pid: the opaque relay gets its flame graph too."""
+    import labkit
+    from labkit.counters.pyspy import ProfileUnavailable
+    from labkit.procs.load import Load
+
+    with labkit_cli().process() as relay:
+        load = Load(LoadConfig(host=relay.host, port=relay.port, pairs=2, rate_mbps=200,
+                               duration=5, warmup=0)).start()
+        try:
+            fg = labkit.profile(relay, 1.0)
+        except ProfileUnavailable as e:
+            pytest.skip(f"no profiler can record here: {e}")
+        finally:
+            load.stop()
+    assert any(v.startswith("live") for v in fg.sources.values()), fg.sources
+    assert fg.top(1) and fg.top(1)[0][1] > 0
+
+
+def test_a_sweep_file_lists_relays_of_every_kind(tmp_path: Path) -> None:
+    from labkit.lab.sweepfile import sweep_args_from_toml
+
+    f = tmp_path / "s.toml"
+    f.write_text('[grid]\nrate_mbps = [100]\n\n[[relays]]\nio = "uring"\n\n[[relays]]\n'
+                 'preset = "hyper-derp"\nworkers = 2\n\n[[relays]]\npreset = "derper-tls"\n\n'
+                 '[[relays]]\nname = "mine"\ncommand = ["my-relay", "--port", "{port}"]\n'
+                 'cores = 2\n')
+    kw = sweep_args_from_toml(f)
+    uring, hd, derper_tls, mine = kw["relays"]
+    assert uring == RelayConfig(io="uring")
+    assert hd.name == "hyper-derp-2w" and hd.command[1:] == ("--port", "{port}",
+                                                             "--workers", "2")
+    assert derper_tls.tls and "-certmode" in derper_tls.command
+    assert (mine.name, mine.command, mine.cores) == ("mine", ("my-relay", "--port",
+                                                              "{port}"), 2)
+    f.write_text('[grid]\nrate_mbps = [100]\n[[relays]]\ncommand = ["x"]\nbogus = 1\n')
+    with pytest.raises(ConfigError, match="unknown key.*bogus"):
+        sweep_args_from_toml(f)
+    f.write_text('[grid]\nrate_mbps = [100]\n[[relays]]\npreset = "nginx"\n')
+    with pytest.raises(ConfigError, match="preset 'nginx' is not one of"):
+        sweep_args_from_toml(f)

@@ -283,14 +283,22 @@ def _sweep(args: argparse.Namespace) -> int:
         kw["store"] = _store_arg(args, kw.get("store", True))
     result = experiment.sweep(**kw, resume=args.resume, progress=args.progress)
     print(result)
+    for name, settings in result.fairness.get("relays", {}).items():
+        print(f"relay {name}: {settings}")
+    if result.fairness:
+        print("same for every relay: " + "; ".join(result.fairness["same_for_every_relay"]))
+        for note in result.fairness["unequal"]:
+            print(f"NOT EQUAL: {note}")
     if not result.stats.empty:
         headline = result.stats[result.stats["metric"].isin(
-            ["mbps", "syscalls_per_packet", "cpu_s_per_gbit", "loss_pct"])]
+            ["mbps", "syscalls_per_packet", "cpu_s_per_gbit", "loss_pct",
+             "delivered_cpu_s_per_gbit", "delivered_perf_syscalls_per_packet"])]
         with pd.option_context("display.width", 160, "display.max_columns", 20):
             print(headline.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if not result.comparisons.empty:
         c = result.comparisons
-        c = c[c["metric"].isin(["syscalls_per_packet", "cpu_s_per_gbit", "mbps"])]
+        c = c[c["metric"].isin(["syscalls_per_packet", "cpu_s_per_gbit", "mbps",
+                                "delivered_cpu_s_per_gbit"])]
         print("\nWelch's t-test (b vs a):")
         with pd.option_context("display.width", 160, "display.max_columns", 20):
             print(c.drop(columns=["factor"]).to_string(index=False,
