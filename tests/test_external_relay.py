@@ -372,3 +372,16 @@ def test_a_sweep_file_lists_relays_of_every_kind(tmp_path: Path) -> None:
     f.write_text('[grid]\nrate_mbps = [100]\n[[relays]]\npreset = "nginx"\n')
     with pytest.raises(ConfigError, match="preset 'nginx' is not one of"):
         sweep_args_from_toml(f)
+
+
+def test_a_run_says_when_a_wrapper_hides_the_relay_from_its_counters() -> None:
+    """/proc and perf watch the started pid: a wrapper that forks the relay would leave
+    the relay's work unmeasured, and the run says so instead of passing it off."""
+    shell = f"{sys.executable} -m labkit relay --listen {{host}}:{{port}} & wait"
+    r = experiment.run(ExternalRelay(command=("sh", "-c", shell), name="wrapped"),
+                       LoadConfig(pairs=1, rate_mbps=50), duration=0.5, warmup=0.2,
+                       check=False)
+    assert r.ok
+    assert "a child of the started pid" in r.summary["error"]
+    assert "left 1 process(es) running" in r.summary["error"]
+    assert len(r.meta["external"]["orphans"]) == 1

@@ -425,6 +425,13 @@ def run(relay: RelayUnderTest | None = None, load: LoadConfig | None = None, *,
     if info["status"] == "ok" and left and not info["error"]:
         info["error"] = (f"the relay left {len(left)} process(es) running when it stopped "
                          f"(pids {', '.join(map(str, left))}; labkit stopped them)")
+    listener = getattr(the_relay, "listener_pid", None)
+    if info["status"] == "ok" and listener not in (None, the_relay.pid):
+        # the figures stand for what they measured, but that was the wrapper, not the relay
+        info["error"] = (f"the relay listens in pid {listener}, a child of the started pid "
+                         f"{the_relay.pid}: /proc and perf figures cover pid "
+                         f"{the_relay.pid} only (start the relay with exec). "
+                         + (info["error"] or ""))
     if figures and not ticks.empty:
         if isinstance(relay_cfg, RelayConfig):
             figures["perf_syscalls_per_packet"] = window.perf_per_packet(

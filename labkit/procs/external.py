@@ -143,6 +143,8 @@ class ExternalRelay:
             p.append(Problem("tls", self.tls, "must be True or False"))
         if self.ca_file is not None and not os.path.isfile(self.ca_file):
             p.append(Problem("ca_file", self.ca_file, "is not a readable file"))
+        if self.ca_file is not None and self.tls is False:
+            p.append(Problem("ca_file", self.ca_file, "only applies with {tls=True}"))
         if not isinstance(self.cores, int) or isinstance(self.cores, bool) or self.cores < 1:
             p.append(Problem("cores", self.cores, "must be an integer >= 1"))
         if not self.name or not isinstance(self.name, str):
@@ -291,6 +293,9 @@ class ExternalRelayProcess:
         self.cert_file: str | None = spec.ca_file
         self.public_key = b""
         self.orphans: list[int] = []  # descendants still alive after the relay stopped
+        # the process that listens: not `pid` when the command is a wrapper that forks the
+        # relay (then /proc and perf, which watch `pid`, miss the relay's work: run() says so)
+        self.listener_pid: int | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -342,7 +347,9 @@ class ExternalRelayProcess:
                 raise ExternalRelayFailed(spec.name, code, self.stderr_tail,
                                           f"exited before it answered DERP on port {self.port}")
             tree = [self._proc.pid, *self._remember_tree()]
-            if listener_pids(self.port, tree):
+            owners = listener_pids(self.port, tree)
+            if owners:
+                self.listener_pid = owners[0]
                 try:
                     self.public_key = derp_probe(self.host, self.port, tls=spec.tls,
                                                  ca_file=self.cert_file)
