@@ -14,6 +14,12 @@ result says how), the one Sampler (labkit.counters.sampler) records the time ser
 the run lasts, and the window figures (labkit.lab.window) come from counter snapshots
 taken exactly at the measured window's edges (load ready + warm-up, and that + duration).
 
+The relay under test is labkit's (a RelayConfig) or any DERP relay program (an
+ExternalRelay: derper, Hyper-DERP, labkit.procs.presets), measured from outside: its
+shared-memory-only figures are NaN and named in the summary's `unavailable`, and the
+delivered_* figures (per packet the load generator received) are the ones every relay has.
+`sweep(relays=[…])` compares several under the same load, CPUs and windows.
+
 A failed run (the relay or the load generator died or refused to start) is a Result with
 status "failed", the error and the failing process's stderr tail. `run(check=True)`, the
 default, raises RunFailed carrying that Result; a sweep records it and goes on.
