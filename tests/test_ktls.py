@@ -350,8 +350,12 @@ def test_ktls_load_generator_takes_session_tickets_after_the_switch() -> None:
     with Relay(RelayConfig(tls="off")) as relay:
         front = TicketingTlsFront(relay)
         try:
+            # A low rate: the front is Python relaying TLS by hand, inside a one-CPU guest
+            # on a host that may be busy; at 20 Mbit/s its queue outgrew the generator's
+            # 0.5 s drain there (half "lost", 0.9 s mean latency). The tickets come at the
+            # start whatever the rate, and that is what this test is about.
             cfg = LoadConfig(port=front.port, tls="ktls", ca_file=str(front.cert_file),
-                             pairs=2, size=1200, rate_mbps=20, duration=1, warmup=0.2)
+                             pairs=2, size=1200, rate_mbps=2, duration=1, warmup=0.2)
             r = Load(cfg).run()
         finally:
             front.close()

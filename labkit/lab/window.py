@@ -35,6 +35,9 @@ from labkit.procs.relay import Relay
 # Derived figures of a run, in the order a summary shows them: name -> (label, unit).
 FIGURES: dict[str, tuple[str, str]] = {
     "offered_mbps": ("offered rate", "Mbit/s"),
+    # paced runs: the share of the asked-for rate the generator never sent (it woke late
+    # on a busy machine, or the relay pushed back): non-zero means offered < asked
+    "pace_missed_pct": ("asked-for rate the load generator could not send", "%"),
     "mbps": ("delivered rate", "Mbit/s"),
     "pps": ("delivered packets", "packets/s"),
     "loss_pct": ("loss", "%"),
@@ -105,6 +108,9 @@ def window_figures(s0: Snap, s1: Snap, res: LoadResult, size: int) -> dict[str, 
     out = {
         "window_s": dt,
         "offered_mbps": offered,
+        "pace_missed": res.pace_missed,
+        "pace_missed_pct": (100 * res.pace_missed / (res.sent + res.pace_missed)
+                            if res.sent + res.pace_missed else nan),
         "mbps": res.mbps,
         "pps": res.pps,
         "sent": res.sent,

@@ -249,10 +249,14 @@ class LoadResult:
     latency: dict[str, float]  # µs: one-way (throughput) or round trip (echo); PERCENTILES
     latency_samples: int
     handshake_failures: int = 0
+    # paced: packets of the window's rate never sent (the generator woke late or its
+    # socket stayed full): offered = received + lost + pace_missed. 0 when unpaced.
+    pace_missed: int = 0
     # every phase (warm-up, window, drain), from the generator's counters: what a relay's
     # packets_in / packets_forwarded should match. None when not reported.
     total_sent: int | None = None
     total_received: int | None = None
+    total_pace_missed: int | None = None
 
     @property
     def loss_pct(self) -> float:
@@ -266,6 +270,7 @@ class LoadResult:
             bytes_received=out.bytes_received, seconds=out.seconds, mbps=out.mbps,
             pps=out.pps, latency=dict(zip(PERCENTILES, lat, strict=True)),
             latency_samples=out.latency_samples, handshake_failures=out.handshake_failures,
+            pace_missed=out.pace_missed,
             **extra,
         )
 

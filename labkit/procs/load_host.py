@@ -78,6 +78,7 @@ def _totals(shm: Any) -> dict[str, int]:
     return {
         "total_sent": sum(r["load_sent"] for r in rows),
         "total_received": sum(r["load_received"] for r in rows),
+        "total_pace_missed": sum(r["load_pace_missed"] for r in rows),
     }
 
 

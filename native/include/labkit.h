@@ -154,6 +154,8 @@ enum lk_counter_kind { LK_KIND_COUNTER = 0, LK_KIND_GAUGE = 1, LK_KIND_HIGH_WATE
     X(LOAD_SENT, COUNTER, "load", "packets", "load generator: packets sent")               \
     X(LOAD_RECEIVED, COUNTER, "load", "packets", "load generator: packets received")       \
     X(LOAD_BYTES_RECEIVED, COUNTER, "load", "bytes", "load generator: payload received")   \
+    X(LOAD_PACE_MISSED, COUNTER, "load", "packets",                                        \
+      "load generator: packets its rate asked for that it could not send (late or full)")  \
     X(CONNS_CURRENT, GAUGE, "conn", "connections", "open now")                             \
     X(QUEUE_DEPTH, GAUGE, "queue", "packets", "queued across this worker's connections")   \
     X(QUEUE_DEPTH_MAX, HIGH_WATER, "queue", "packets", "highest queue_depth seen")         \
@@ -369,6 +371,8 @@ typedef struct lk_load_result {
     double latency_us[LK_LOAD_PCTS]; /* p50 p90 p99 p99.9 min max mean, microseconds */
     uint64_t latency_samples;
     uint64_t handshake_failures;
+    uint64_t pace_missed;     /* paced: packets of the window's rate never sent (woke late, or
+                               * the socket stayed full past the burst allowance) */
 } lk_load_result;
 
 void lk_load_config_defaults(lk_load_config *cfg);

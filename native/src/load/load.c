@@ -266,6 +266,7 @@ static void report(lk_load *l, uint64_t window_end, lk_load_result *out)
         out->sent += t->sent_window;
         out->received += t->recv_window;
         out->bytes_received += t->bytes_window;
+        out->pace_missed += t->missed_window;
         if (i > 0)
             lk_lh_merge(h, t->hist);
     }

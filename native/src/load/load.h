@@ -95,6 +95,7 @@ typedef struct lk_load_conn {
     /* sender: sequence and pacing (token bucket in packets) */
     uint64_t seq;
     double tokens;
+    double missed;                /* tokens dropped at the bucket's cap, not yet counted */
     uint64_t refill_ns;
     uint64_t due_ns;              /* next time the bucket holds a quantum; 0 = not waiting */
     uint8_t closed;               /* window over: build no more packets */
@@ -122,7 +123,7 @@ typedef struct lk_load_thread {
     uint64_t last_publish;
 
     /* measured-window figures, this thread's own */
-    uint64_t sent_window, recv_window, bytes_window;
+    uint64_t sent_window, recv_window, bytes_window, missed_window;
     lk_load_hist *hist;
     uint32_t senders_open;
 

@@ -126,6 +126,22 @@ static void unpaced_send(lk_load_thread *t, lk_load_conn *c)
     }
 }
 
+/* Tokens the bucket could not hold are packets the rate asked for and the sender
+ * never sent: a paced run on a busy machine offers less than it was told to, and says
+ * by how much (whole packets; the fraction waits for the next overflow). */
+static void note_missed(lk_load_thread *t, lk_load_conn *c, double tokens)
+{
+    c->missed += tokens;
+    if (c->missed < 1)
+        return;
+    uint64_t n = (uint64_t)c->missed;
+    c->missed -= (double)n;
+    LK_LCOUNT_N(t, LOAD_PACE_MISSED, n);
+    uint64_t now = t->now;
+    if (now >= c->load->t_start && !window_over(c->load, now))
+        t->missed_window += n;
+}
+
 /* Paced: a token bucket in packets.  A sender waits for a quantum of tokens
  * (100 us of its rate, at least one packet) so high rates still batch.  The
  * bucket holds up to 10 ms of the rate: a wake-up that comes late on a busy
@@ -144,8 +160,10 @@ static uint64_t pace(lk_load_thread *t)
             continue;
         c->tokens += (double)(t->now - c->refill_ns) * l->pps / 1e9;
         c->refill_ns = t->now;
-        if (c->tokens > burst)
+        if (c->tokens > burst) {
+            note_missed(t, c, c->tokens - burst);
             c->tokens = burst;
+        }
         while (c->tokens >= l->quantum && lk_lc_pending(c) == 0) {
             uint32_t n = c->tokens < l->batch_frames ? (uint32_t)c->tokens : l->batch_frames;
             build(t, c, n);
