@@ -24,6 +24,7 @@ import pytest
 
 from labkit import caps, derp, relay_binaries
 from labkit.config import RelayConfig
+from labkit.counters.procfs import process_alive
 from labkit.lab import experiment, window
 from labkit.problems import ConfigError
 from labkit.procs import presets
@@ -37,13 +38,6 @@ RELAY = (sys.executable, "-m", "labkit", "relay", "--listen", "{host}:{port}")
 def labkit_cli(*extra: str, name: str = "labkit-cli") -> ExternalRelay:
     return ExternalRelay(command=(*RELAY, *extra), name=name)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 # ---- descriptions: validated before anything starts ----------------------------------
@@ -121,7 +115,7 @@ def test_labkit_relay_as_an_external_program_answers_derp_and_stops_by_pid() -> 
         with derp.Client.connect(relay.host, relay.port) as c:
             assert c.server_key == relay.public_key
         pid = relay.pid
-    assert not _alive(pid) and proc.orphans == []
+    assert not process_alive(pid) and proc.orphans == []
     assert proc.stop() == 0  # twice is fine
 
 
@@ -164,7 +158,7 @@ def test_leftover_children_are_stopped_and_reported() -> None:
         child = tree[1]
         assert child in descendants(relay.pid)
     assert proc.orphans == [child]
-    assert not _alive(child)
+    assert not process_alive(child)
 
 
 def test_a_program_that_exits_fails_with_its_stderr_tail() -> None:
@@ -181,7 +175,7 @@ def test_a_port_that_never_opens_times_out_with_the_reason() -> None:
     proc = spec.process(start_timeout=1.0)
     with pytest.raises(RelayStartTimeout, match=r"(?s)port never opened.*waiting"):
         proc.start()
-    assert not _alive(proc.pid)
+    assert not process_alive(proc.pid)
 
 
 def test_a_listener_that_is_not_derp_is_not_taken_for_a_relay() -> None:

@@ -17,17 +17,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conformance.helpers import ARRIVE, connect_to, wait_until  # noqa: E402
 
 from labkit import Relay, RelayConfig  # noqa: E402
+from labkit.counters.procfs import process_alive  # noqa: E402
 from labkit.procs.load import Load, LoadConfig, LoadFailed  # noqa: E402
 from labkit.procs.relay import RelayCrashed  # noqa: E402
-
-
-def _alive(pid: int) -> bool:
-    """True while pid exists and is not a zombie (signal 0 would count zombies)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _session_members(sid: int) -> list[int]:
@@ -63,7 +55,7 @@ def test_relay_sigkilled_mid_run_raises_crashed_with_the_tail(io: str) -> None:
         c.close()
     finally:
         r.stop()
-    assert not _alive(pid) and not _session_members(pid)
+    assert not process_alive(pid) and not _session_members(pid)
     assert not os.path.exists("/dev/shm" + r.shm_name), "the killed relay's counters remain"
 
 
@@ -89,7 +81,7 @@ def test_load_sigkilled_mid_run_raises_failed_with_the_tail() -> None:
             assert "killed by signal 9" in str(e.value) and "stderr tail" in str(e.value)
         finally:
             load.stop()
-        assert not _alive(pid) and not _session_members(pid)
+        assert not process_alive(pid) and not _session_members(pid)
         c = connect_to(r)  # the relay shrugs off a generator that vanished mid-run
         c.ping(b"12345678", ARRIVE)
         c.close()
@@ -105,5 +97,5 @@ def test_stop_leaves_no_process_behind() -> None:
     relay_pid = r.pid
     assert r.stop() == 0
     for pid in (relay_pid, load_pid):
-        assert not _alive(pid), f"pid {pid} still runs after stop()"
+        assert not process_alive(pid), f"pid {pid} still runs after stop()"
         assert not _session_members(pid), f"session {pid} still has members"

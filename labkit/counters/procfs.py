@@ -139,7 +139,7 @@ class ProcThreads:
         if self._last.gone:
             return self._last
         live = self.tids()
-        if not live or not _alive(self.pid):
+        if not live or not process_alive(self.pid):
             self._last = replace(self._last, gone=True,
                                  threads={t: replace(s, alive=False)
                                           for t, s in self._seen.items()},
@@ -213,7 +213,7 @@ def _process_cpu_ns(pid: int) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """True while pid runs (a zombie, exited but unreaped, counts as gone)."""
     stat = _read(f"/proc/{pid}/stat")
     if stat is None:
