@@ -493,13 +493,14 @@ def _ws_xor(data: bytes, key: bytes) -> bytes:
 class WebSocketReader:
     """The client side of the stream: server frames (never masked) in, DERP bytes out.
 
-    Binary payload goes to ``data``; Pings are collected in ``pings`` for the client to
+    Binary payload is returned; Pings and Pongs are collected in ``pings`` for the client to
     answer; a Close ends the stream (``closed`` holds its body). Anything RFC 6455
     forbids from a server raises ProtocolError."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self.pings: list[bytes] = []
+        self.pongs: list[bytes] = []  # bodies of Pongs, kept for whoever pinged
         self.closed: bytes | None = None
 
     def feed(self, data: bytes) -> bytes:
@@ -532,7 +533,9 @@ class WebSocketReader:
                 self.pings.append(payload)
             elif opcode == WS_CLOSE:
                 self.closed = payload
-            elif opcode != WS_PONG:
+            elif opcode == WS_PONG:
+                self.pongs.append(payload)
+            else:
                 raise ProtocolError(f"unexpected WebSocket opcode 0x{opcode:x} from the relay")
         return bytes(out)
 
