@@ -231,6 +231,14 @@ int lk_ws_feed(lk_ws_reader *r, const uint8_t *data, size_t n, uint8_t *scratch,
             memcpy(r->ctrl + r->ctrl_len, data, take);
             r->mask_pos = lk_ws_mask(r->ctrl + r->ctrl_len, take, r->mask, r->mask_pos);
             r->ctrl_len = (uint8_t)(r->ctrl_len + take);
+        } else if (!r->from_client) {
+            /* a server's payload is not masked: hand it over in place */
+            if (take && r->on_data(r->ctx, data, take)) {
+                r->left -= take;
+                if (r->left == 0)
+                    r->hdr_have = 0;
+                return 1;
+            }
         } else {
             for (size_t done = 0; done < take;) {
                 size_t k = take - done < scratch_len ? take - done : scratch_len;
