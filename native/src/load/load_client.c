@@ -31,6 +31,7 @@ static const char client_info_json[] = "{\"version\":2,\"CanAckPings\":true}";
 static enum lk_body_action frame_begin(void *ctx, uint8_t type, uint32_t len, uint8_t **dst);
 static int frame_end(void *ctx, uint8_t type, uint32_t len, uint8_t *payload);
 static uint8_t *lk_lc_reserve_raw(lk_load_conn *c, uint32_t n);
+static int start_ws(lk_load_conn *c, size_t head);
 
 /* ---- set-up -------------------------------------------------------------- */
 
