@@ -22,79 +22,15 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
-import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from scipy import stats
 
-from labkit import LoadConfig, Relay, RelayConfig, derp, sweep
+from labkit import LoadConfig, Relay, RelayConfig, sweep
+from labkit.lab.frame_sender import frame_per_write
 
 TRANSPORTS = ("raw", "websocket")
-
-
-def relay_cpu_ns(pid: int) -> int:
-    """CPU time of every thread of pid so far (schedstat: nanoseconds, not ticks)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # a thread that just ended
-    return total
-
-
-def syscalls(counters: dict[str, int]) -> int:
-    return sum(v for k, v in counters.items() if k.startswith("sys_"))
-
-
-def frame_per_write(relay: Relay, transport: str, packets: int, size: int) -> dict[str, float]:
-    """One Python sender writing one frame per send; returns the relay's costs."""
-    a = derp.Client.connect(relay.host, relay.port, transport=transport)
-    b = derp.Client.connect(relay.host, relay.port, transport=transport)
-    done = threading.Event()
-
-    def drain() -> None:  # the receiver only has to keep the relay's writes flowing
-        b.sock.settimeout(0.2)
-        while not done.is_set():
-            try:
-                if not b.sock.recv(1 << 20):
-                    return
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    t = threading.Thread(target=drain, daemon=True)
-    t.start()
-    payload = os.urandom(size)
-    try:
-        c0, cpu0, t0 = relay.counters(), relay_cpu_ns(relay.pid), time.monotonic()
-        for _ in range(packets):
-            a.send(b.public_key, payload)
-        # wait until the relay has written what it took in (not a blind sleep)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            c1 = relay.counters()
-            if c1["packets_forwarded"] - c0["packets_forwarded"] + sum(
-                    c1[k] - c0[k] for k in c1 if k.startswith("drop_")) >= packets:
-                break
-            time.sleep(0.01)  # polling the counters, with a deadline
-        cpu1, t1 = relay_cpu_ns(relay.pid), time.monotonic()
-        c1 = relay.counters()
-    finally:
-        done.set()
-        t.join(1)
-        a.close()
-        b.close()
-    fwd = c1["packets_forwarded"] - c0["packets_forwarded"]
-    gbit = (c1["packet_bytes_forwarded"] - c0["packet_bytes_forwarded"]) * 8 / 1e9
-    cpu = (cpu1 - cpu0) / 1e9
-    return {"cpu_s_per_gbit": cpu / gbit if gbit else float("nan"),
-            "syscalls_per_packet": (syscalls(c1) - syscalls(c0)) / fwd if fwd else float("nan"),
-            "pps": fwd / (t1 - t0), "forwarded": fwd}
 
 
 def describe(rows: pd.DataFrame, figure: str) -> pd.DataFrame:
@@ -156,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         with Relay(RelayConfig(io=io)) as relay:
             for _ in range(a.repeats):
                 for t in TRANSPORTS:  # interleaved: drift lands on both alike
-                    m = frame_per_write(relay, t, a.py_packets, a.size)
+                    m = frame_per_write(relay, t, packets=a.py_packets, size=a.size)
                     rows.append({"sender": "frame-per-write (derp.py)", "io": io,
                                  "transport": t, **m})
     df = pd.DataFrame(rows)
