@@ -14,6 +14,10 @@ This module is written to be read. A connection goes through four steps:
    NaCl box, relay answers with a sealed ServerInfo.
 4. Steady state: frames of ``type (1 byte) | length (4 bytes, BE) | payload``.
 
+With ``transport="websocket"`` step 2 is an RFC 6455 upgrade (subprotocol ``derp``) and
+the same byte stream travels in WebSocket binary messages, as browser clients reach
+derper (docs/protocol.md §2.7).
+
 Example::
 
     with Client.connect("127.0.0.1", 3340) as a, Client.connect("127.0.0.1", 3340) as b:
