@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ios", default="epoll,uring")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--rate", type=float, default=1000.0, help="batched: offered Mbit/s")
+    p.add_argument("--rate", default="1000",
+                   help="batched: offered Mbit/s, or 'unpaced' (as fast as the relay takes it)")
     p.add_argument("--duration", type=float, default=4.0)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--pairs", type=int, default=4)
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--perf", default="auto", choices=["auto", "on", "off"])
     a = p.parse_args(argv)
     ios = [x.strip() for x in a.ios.split(",")]
+    rate = None if a.rate == "unpaced" else float(a.rate)
+    rate_text = "unpaced" if rate is None else f"{rate:g} Mbit/s"
     with open("/proc/cpuinfo") as f:
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
                    "?")
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
 
     perf = {"auto": "auto", "on": True, "off": False}[a.perf]
-    grid = [{"io": io, "transport": t, "rate_mbps": a.rate} for io in ios for t in TRANSPORTS]
+    grid = [{"io": io, "transport": t, "rate_mbps": rate} for io in ios for t in TRANSPORTS]
     res = sweep(grid, repeats=a.repeats, duration=a.duration, warmup=a.warmup,
                 load=LoadConfig(pairs=a.pairs, size=a.size), perf=perf,
                 store=tempfile.mkdtemp(prefix="labkit-bench-transport-"), resume=False,
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = res.runs[res.runs["status"] == "ok"]
     use_perf = ok["perf_syscalls_per_packet"].notna().all()
     for _, r in ok.iterrows():
-        rows.append({"sender": f"batched ({a.rate:g} Mbit/s)", "io": r["io"],
+        rows.append({"sender": f"batched ({rate_text})", "io": r["io"],
                      "transport": r["transport"], "cpu_s_per_gbit": r["cpu_s_per_gbit"],
                      "syscalls_per_packet": r["perf_syscalls_per_packet"] if use_perf
                      else r["syscalls_per_packet"], "mbps": r["mbps"],
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     pd.set_option("display.width", 200)
     print(f"\nsyscalls per packet: {'perf raw_syscalls' if use_perf else 'relay own count'} "
           "for batched; relay's own count for frame-per-write")
-    for figure in ("cpu_s_per_gbit", "syscalls_per_packet"):
+    for figure in ("cpu_s_per_gbit", "syscalls_per_packet", "mbps", "loss_pct"):
         print()
         print(describe(df, figure).to_string(index=False))
     return 0
