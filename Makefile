@@ -127,16 +127,22 @@ test: setup
 # native/fuzz/corpus/<name> are read too. A crash leaves build/fuzz/crash-* and fails make.
 FUZZ_SECONDS ?= 60
 FUZZ_CC ?= clang
-FUZZ_TARGETS := http client_info session
+FUZZ_TARGETS := http client_info session websocket
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror -pthread \
 	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Inative/include -Inative/src
 # fuzz_session #includes worker.c (for its static timer pass) and drives the rest directly.
 FUZZ_SESSION_SRC := $(filter-out native/src/relay/worker.c native/src/relay/relay.c \
 	native/src/io/io_uring.c native/src/load/%.c,$(wildcard native/src/*/*.c))
 
-build/fuzz/fuzz_http: native/fuzz/fuzz_http.c native/src/proto/http.c native/include/labkit.h
+build/fuzz/fuzz_http: native/fuzz/fuzz_http.c native/src/proto/http.c \
+		native/src/proto/websocket.c native/include/labkit.h
 	@mkdir -p $(@D)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) $(filter %.c,$^) -o $@
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(filter %.c,$^) -o $@ -lcrypto
+
+build/fuzz/fuzz_websocket: native/fuzz/fuzz_websocket.c native/src/proto/websocket.c \
+		native/src/proto/websocket.h native/include/labkit.h
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(filter %.c,$^) -o $@ -lcrypto
 
 build/fuzz/fuzz_client_info: native/fuzz/fuzz_client_info.c native/src/proto/client_info.c \
 		native/include/labkit.h

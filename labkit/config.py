@@ -63,6 +63,8 @@ class _RelayConfigBase:
     queue_depth: int = contract.LIMITS["queue_depth"].default
     max_conns: int = contract.LIMITS["max_conns"].default
     pool_packets: int = contract.LIMITS["pool_packets"].default
+    accept_limit: int = contract.LIMITS["accept_limit"].default  # 0: no accept limit
+    accept_burst: int = contract.LIMITS["accept_burst"].default
 
     def __post_init__(self) -> None:
         # Paths are stored as str so to_dict()/to_args() need no conversion.
@@ -151,8 +153,9 @@ class _RelayConfigBase:
         cfg.tls = {"off": lib.LK_TLS_OFF, "user": lib.LK_TLS_USER, "ktls": lib.LK_TLS_KTLS}[
             self.tls]
         cfg.workers = max(-1, min(self.workers, contract.LIMITS["workers"].max + 1))
-        for name in ("queue_depth", "max_conns", "pool_packets"):
-            setattr(cfg, name, max(0, min(getattr(self, name), _UINT32_MAX)))
+        for name in contract.LIMITS:
+            if name != "workers":
+                setattr(cfg, name, max(0, min(getattr(self, name), _UINT32_MAX)))
         cfg.switches = contract.switch_bits(self.switches())
         cfg.pin_cpus = int(self.pin_cpus)
         cfg.handshake_timeout_ms = round(self.handshake_timeout * 1000)

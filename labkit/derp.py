@@ -14,6 +14,10 @@ This module is written to be read. A connection goes through four steps:
    NaCl box, relay answers with a sealed ServerInfo.
 4. Steady state: frames of ``type (1 byte) | length (4 bytes, BE) | payload``.
 
+With ``transport="websocket"`` step 2 is an RFC 6455 upgrade (subprotocol ``derp``) and
+the same byte stream travels in WebSocket binary messages, as browser clients reach
+derper (docs/protocol.md §2.7).
+
 Example::
 
     with Client.connect("127.0.0.1", 3340) as a, Client.connect("127.0.0.1", 3340) as b:
@@ -23,7 +27,10 @@ Example::
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
 import socket
 import ssl
 import struct
@@ -444,6 +451,99 @@ def parse_http_head(buf: bytes) -> tuple[HttpHead, bytes] | None:
     return HttpHead(lines[0], int(parts[1]), headers), buf[end + 4 :]
 
 
+# --------------------------------------------------------------------------
+# DERP over WebSocket (docs/protocol.md §2.7; RFC 6455)
+# --------------------------------------------------------------------------
+
+#: Transports a client may use: raw DERP after ``Upgrade: DERP``, or DERP in
+#: WebSocket binary messages (subprotocol ``derp``), as browsers reach derper.
+TRANSPORTS = ("raw", "websocket")
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+WS_BINARY, WS_CLOSE, WS_PING, WS_PONG = 0x2, 0x8, 0x9, 0xA
+
+
+def ws_accept(key: str) -> str:
+    """Sec-WebSocket-Accept for a Sec-WebSocket-Key: base64(SHA-1(key + GUID))."""
+    return base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+
+
+def ws_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = b"",
+             rsv: int = 0, length: int | None = None) -> bytes:
+    """One WebSocket frame as a client writes it: masked with a random key, or with
+    ``mask`` (4 bytes); ``mask=None`` sends it unmasked. ``rsv`` and ``length`` (the
+    announced payload length) exist to break the rules on purpose."""
+    n = len(payload) if length is None else length
+    head = bytes([(0x80 if fin else 0) | (rsv & 7) << 4 | opcode])
+    bit = 0 if mask is None else 0x80
+    if n < 126:
+        head += bytes([bit | n])
+    elif n <= 0xFFFF:
+        head += bytes([bit | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([bit | 127]) + struct.pack(">Q", n)
+    if mask is None:
+        return head + payload
+    key = mask or os.urandom(4)
+    return head + key + _ws_xor(payload, key)
+
+
+def _ws_xor(data: bytes, key: bytes) -> bytes:
+    if not data:
+        return b""
+    whole = (key * (len(data) // 4 + 1))[: len(data)]
+    return (int.from_bytes(data, "big") ^ int.from_bytes(whole, "big")).to_bytes(len(data), "big")
+
+
+class WebSocketReader:
+    """The client side of the stream: server frames (never masked) in, DERP bytes out.
+
+    Binary payload is returned; Pings and Pongs are collected in ``pings`` for the client to
+    answer; a Close ends the stream (``closed`` holds its body). Anything RFC 6455
+    forbids from a server raises ProtocolError."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.pings: list[bytes] = []
+        self.pongs: list[bytes] = []  # bodies of Pongs, kept for whoever pinged
+        self.closed: bytes | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        """Append received bytes; return the DERP bytes they complete."""
+        self._buf += data
+        out = bytearray()
+        while self.closed is None and len(self._buf) >= 2:
+            b0, b1 = self._buf[0], self._buf[1]
+            n, at = b1 & 0x7F, 2
+            if n == 126:
+                if len(self._buf) < 4:
+                    break
+                n, at = struct.unpack_from(">H", self._buf, 2)[0], 4
+            elif n == 127:
+                if len(self._buf) < 10:
+                    break
+                n, at = struct.unpack_from(">Q", self._buf, 2)[0], 10
+            if b1 & 0x80:
+                raise ProtocolError("the relay sent a masked WebSocket frame")
+            if b0 & 0x70:
+                raise ProtocolError("the relay set a WebSocket RSV bit")
+            if len(self._buf) < at + n:
+                break
+            payload = bytes(self._buf[at : at + n])
+            del self._buf[: at + n]
+            opcode = b0 & 0x0F
+            if opcode in (WS_BINARY, 0x0):
+                out += payload
+            elif opcode == WS_PING:
+                self.pings.append(payload)
+            elif opcode == WS_CLOSE:
+                self.closed = payload
+            elif opcode == WS_PONG:
+                self.pongs.append(payload)
+            else:
+                raise ProtocolError(f"unexpected WebSocket opcode 0x{opcode:x} from the relay")
+        return bytes(out)
+
+
 def build_upgrade_request(
     host_header: str,
     *,
@@ -529,6 +629,7 @@ class Client:
         self._backlog: deque[Frame] = deque()  # frames read while waiting for others
         self._client_info_sent = False
         self._closed = False
+        self.ws: WebSocketReader | None = None  # set by upgrade(transport="websocket")
 
     # ---- set-up ----------------------------------------------------------
 
@@ -549,12 +650,15 @@ class Client:
         timeout: float = 5.0,
         handshake: bool = True,
         recv_buffer: int | None = None,
+        transport: str = "raw",
     ) -> Self:
         """Dial, upgrade, and (unless ``handshake=False``) finish the handshake.
 
         With ``fast_start_key`` (the relay key learned earlier) the request
         carries ``Derp-Fast-Start: 1`` and the ClientInfo in the same write.
         With ``handshake=False`` it stops after reading ServerKey.
+        ``transport="websocket"`` carries DERP in WebSocket binary messages, one per
+        write (so a frame-per-write sender).
         """
         sock = dial(
             host,
@@ -574,6 +678,7 @@ class Client:
                 extra_headers=extra_headers,
                 fast_start_key=fast_start_key,
                 client_info=client_info,
+                transport=transport,
             )
             if handshake:
                 if not client._client_info_sent:
@@ -593,13 +698,23 @@ class Client:
         client_info: Mapping[str, Any] | None = None,
         upgrade: str = "DERP",
         request_chunk: int | None = None,
+        transport: str = "raw",
     ) -> ServerKey:
         """Send the upgrade request, read the 101 (if any) and the ServerKey.
 
         ``request_chunk`` writes the request in pieces of that many bytes
         (to exercise the relay's incremental HTTP parser).
         """
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport {transport!r} is not one of {TRANSPORTS}")
         headers = dict(extra_headers or {})
+        ws_key = ""
+        if transport == "websocket":
+            ws_key = base64.b64encode(os.urandom(16)).decode()
+            upgrade = "websocket"
+            headers = {"Sec-WebSocket-Protocol": "derp", "Sec-WebSocket-Version": "13",
+                       "Sec-WebSocket-Key": ws_key} | headers
+            fast_start_key = None  # a WebSocket client needs the 101 to finish its handshake
         pipelined = b""
         if fast_start_key is not None:
             headers["Derp-Fast-Start"] = "1"
@@ -616,9 +731,13 @@ class Client:
         self._client_info_sent = bool(pipelined)
 
         if fast_start_key is None:
+            if ws_key:
+                self.ws = WebSocketReader()  # the bytes after the 101 are framed
             self.http = self.read_http_head()
             if self.http.status != 101:
                 raise HandshakeError(f"relay answered {self.http.status_line!r}, not 101")
+            if ws_key and self.http.headers.get("sec-websocket-accept") != ws_accept(ws_key):
+                raise HandshakeError("the relay's Sec-WebSocket-Accept does not match our key")
         frame_type, payload = self._handshake_frame("ServerKey", self.timeout)
         if frame_type != FrameType.SERVER_KEY:
             raise HandshakeError(f"expected ServerKey (0x01) first, got type 0x{frame_type:02x}")
@@ -699,7 +818,11 @@ class Client:
 
     # ---- sending -----------------------------------------------------------
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes, *, framed: bool = True) -> None:
+        """Write data; over WebSocket (once upgraded) in one binary message unless
+        ``framed`` is False (the caller wrote WebSocket frames itself)."""
+        if self.ws is not None and framed and data:
+            data = ws_frame(WS_BINARY, data)
         if self._closed:
             raise ConnectionClosed("connection already closed")
         try:
@@ -712,8 +835,13 @@ class Client:
             raise ConnectionClosed(f"send failed: {e}") from e
 
     def send_raw(self, data: bytes) -> None:
-        """Write bytes as they are (adversarial tests)."""
+        """Write DERP bytes as they are (adversarial tests); over WebSocket they still
+        travel in one binary message."""
         self._send(data)
+
+    def send_ws(self, frames: bytes) -> None:
+        """Write WebSocket frames as they are (see ``ws_frame``; adversarial tests)."""
+        self._send(frames, framed=False)
 
     def send_frame(self, frame_type: int, payload: bytes = b"") -> None:
         """Write one frame."""
@@ -765,7 +893,18 @@ class Client:
         if not data:
             self._mark_closed()
             raise ConnectionClosed("relay closed the connection")
-        self.reader.feed(data)
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Received stream bytes to the frame reader, out of WebSocket if it is on."""
+        if self.ws is None:
+            self.reader.feed(data)
+            return
+        self.reader.feed(self.ws.feed(data))
+        while self.ws.pings:  # RFC 6455 §5.5.2: answer with the same body
+            self._send(ws_frame(WS_PONG, self.ws.pings.pop(0)), framed=False)
+        if self.ws.closed is not None:
+            self._mark_closed()  # frames already buffered are still returned
 
     def read_http_head(self) -> HttpHead:
         """Read the HTTP response head; bytes after it go to the frame reader."""
@@ -785,7 +924,9 @@ class Client:
             parsed = parse_http_head(buf)
             if parsed is not None:
                 head, surplus = parsed
-                self.reader.feed(surplus)  # the DERP stream starts here
+                if self.ws is not None and head.status != 101:
+                    self.ws = None  # refused: nothing after the head is framed
+                self._feed(surplus)  # the DERP stream starts here
                 return head
             self.sock.settimeout(max(0.001, deadline - time.monotonic()))
 

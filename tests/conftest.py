@@ -6,6 +6,7 @@ not built.
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 from collections.abc import Callable, Iterator
@@ -75,12 +76,28 @@ def make_relay(relay_mode: dict[str, Any]) -> Iterator[Callable[..., Any]]:
         r.__exit__(None, None, None)
 
 
+# LABKIT_TRANSPORTS picks transports (comma-separated) like LABKIT_MODES picks modes.
+_TRANSPORTS = [t.strip() for t in os.environ.get("LABKIT_TRANSPORTS", "").split(",")
+               if t.strip()] or list(derp.TRANSPORTS)
+
+
+@pytest.fixture(params=_TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """How `connect` clients carry DERP: raw, or inside WebSocket (every test that uses
+    `connect` runs over both)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def connect() -> Iterator[Callable[..., derp.Client]]:
-    """`connect(relay, **kw)` -> connected Client; all are closed after the test."""
+def connect(transport: str) -> Iterator[Callable[..., derp.Client]]:
+    """`connect(relay, **kw)` -> connected Client over the test's transport; all are
+    closed after the test."""
     clients: list[derp.Client] = []
 
     def _connect(relay: Any, **kw: Any) -> derp.Client:
+        kw.setdefault("transport", transport)
+        if kw["transport"] == "websocket" and "fast_start_key" in kw:
+            pytest.skip("fast start is raw DERP only: a WebSocket client needs the 101")
         c = connect_to(relay, **kw)
         clients.append(c)
         return c

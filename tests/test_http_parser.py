@@ -84,15 +84,52 @@ def test_websocket_with_other_subprotocol_is_raw_derp() -> None:
     assert (req.upgrade, req.websocket) == (1, 0)
 
 
-def test_real_websocket_is_flagged_and_refused() -> None:
-    raw = request("/derp", "Upgrade: websocket", "Sec-WebSocket-Protocol: derp")
+WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 §1.3's example key
+WS_HEADERS = ("Upgrade: websocket", "Connection: keep-alive, Upgrade",
+              "Sec-WebSocket-Protocol: derp", "Sec-WebSocket-Version: 13",
+              f"Sec-WebSocket-Key: {WS_KEY}")
+
+
+def test_real_websocket_is_accepted_with_rfc6455_accept() -> None:
+    """§2.7: a valid handshake gets the 101 whose accept value RFC 6455 §1.3 gives."""
+    req = parsed(request("/derp", *WS_HEADERS))
+    assert (req.upgrade, req.websocket, req.ws_ok) == (0, 1, 1)
+    assert ffi.string(req.ws_key).decode() == WS_KEY
+    assert lib.lk_http_build_response(req, ffi.new("char[]", 1024), 1024) == 0
+    out = ffi.new("char[]", 512)
+    n = lib.lk_http_build_ws_101(req.ws_key, out, 512)
+    head = ffi.unpack(out, n).decode()
+    assert head.startswith("HTTP/1.1 101 Switching Protocols\r\n")
+    assert "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in head
+    assert "Sec-WebSocket-Protocol: derp\r\n" in head
+
+
+@pytest.mark.parametrize("drop", range(1, len(WS_HEADERS)))
+def test_websocket_without_a_required_header_gets_400(drop: int) -> None:
+    headers = [h for i, h in enumerate(WS_HEADERS) if i != drop]
+    raw = request("/derp", *headers)
     req = parsed(raw)
-    assert (req.upgrade, req.websocket) == (0, 1)
-    status, headers, body = respond(raw)
-    assert status == "HTTP/1.1 426 Upgrade Required"
-    assert headers["upgrade"] == "DERP"
-    assert headers["connection"] == "close"
-    assert int(headers["content-length"]) == len(body) > 0
+    if drop == 2:  # without the derp subprotocol it is not a DERP WebSocket at all
+        assert (req.upgrade, req.websocket) == (1, 0)
+        return
+    assert (req.websocket, req.ws_ok) == (1, 0)
+    status, headers_out, _ = respond(raw)
+    assert status == "HTTP/1.1 400 Bad Request"
+    assert headers_out["sec-websocket-version"] == "13"
+
+
+@pytest.mark.parametrize("bad", [
+    "Sec-WebSocket-Version: 8", "Sec-WebSocket-Key: short==", "Sec-WebSocket-Key: "
+    "dGhlIHNhbXBsZSBub25jZQ=!", "Connection: keep-alive"])
+def test_websocket_with_a_bad_header_gets_400(bad: str) -> None:
+    name = bad.split(":")[0]
+    headers = [h for h in WS_HEADERS if not h.startswith(name)] + [bad]
+    req = parsed(request("/derp", *headers))
+    assert (req.websocket, req.ws_ok) == (1, 0)
+
+
+def test_websocket_must_be_get() -> None:
+    assert parsed(request("/derp", *WS_HEADERS, method="POST")).ws_ok == 0
 
 
 def test_subprotocol_match_is_case_sensitive_substring_like_go() -> None:
@@ -344,7 +381,7 @@ def test_home_page_head_has_no_body() -> None:
         request("/derp/probe", method="POST"),
         request("/generate_204", "X-Tailscale-Challenge: a"),
         request("/"),
-        request("/derp", "Upgrade: websocket", "Sec-WebSocket-Protocol: derp"),
+        request("/derp", "Upgrade: websocket", "Sec-WebSocket-Protocol: derp"),  # 400
     ],
 )
 def test_response_short_buffer(raw: bytes) -> None:

@@ -119,6 +119,23 @@ def test_echo_mode_measures_round_trips() -> None:
         assert counters["packets_in"] == r.total_sent
 
 
+@pytest.mark.parametrize("mode", LOAD_MODES)
+@pytest.mark.parametrize("load_mode", ["throughput", "echo"])
+def test_websocket_transport_upgrades_and_delivers(mode: dict[str, Any], load_mode: str) -> None:
+    """transport=websocket: every client really upgrades to WebSocket (the relay counts
+    them) and every packet arrives, one way and echoed."""
+    with Relay(RelayConfig(**mode)) as relay:
+        cfg = LoadConfig.for_relay(relay, mode=load_mode, pairs=2, rate_mbps=20, duration=1,
+                                   warmup=0.3, transport="websocket")
+        r = Load(cfg).run()
+        assert r.lost == 0 and r.received == r.sent > 0
+        counters = _eventually(relay.counters,
+                               lambda c: c["packets_forwarded"] >= r.total_received)
+        assert counters["conns_websocket"] == 4
+        assert counters["packets_forwarded"] == r.total_received
+        assert not any(v for k, v in counters.items() if k.startswith("close_ws"))
+
+
 def test_stop_ends_the_window_early_and_still_reports() -> None:
     with Relay(RelayConfig()) as relay:
         cfg = LoadConfig.for_relay(relay, pairs=1, rate_mbps=10, duration=60, warmup=0)

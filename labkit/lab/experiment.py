@@ -75,9 +75,10 @@ _RELAY_COLUMNS = ("io", "tls", "workers", *SWITCHES, "pin_cpus", "queue_depth",
 # LoadConfig fields as summary columns (renamed where a RelayConfig field has the name).
 _LOAD_COLUMNS = {"mode": "load_mode", "pairs": "pairs", "size": "size",
                  "rate_mbps": "rate_mbps", "threads": "load_threads",
-                 "pin_cpus": "load_pin_cpus", "first_cpu": "load_first_cpu"}
+                 "pin_cpus": "load_pin_cpus", "first_cpu": "load_first_cpu",
+                 "transport": "transport"}
 # LoadConfig fields a grid may vary (host/port/TLS follow the relay).
-_LOAD_GRID = {"mode", "pairs", "size", "rate_mbps", "threads"}
+_LOAD_GRID = {"mode", "pairs", "size", "rate_mbps", "threads", "transport"}
 _RELAY_GRID = {f.name for f in fields(RelayConfig)} - {"host", "port"}
 _RUN_GRID = {"duration", "warmup"}
 STOP_GRACE = 1.0  # seconds between SIGTERM and SIGKILL for the run's processes

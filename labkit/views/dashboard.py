@@ -31,7 +31,7 @@ from labkit.config import MODE_DEFAULTS, SWITCHES, URING_ONLY, ConfigError, Rela
 from labkit.lab import experiment
 from labkit.lab.result import Result
 from labkit.native import contract
-from labkit.procs.load import LoadConfig
+from labkit.procs.load import TRANSPORTS, LoadConfig
 from labkit.views.plots import LivePanel, kernel_loop
 
 IO_CHOICES = (("epoll", "epoll"), ("uring", "io_uring"))
@@ -184,6 +184,9 @@ class Dashboard:
         self.size = W.BoundedIntText(value=1400, min=16, max=65536, description="size B",
                                      tooltip="packet payload bytes")
         self.pairs = W.IntSlider(value=4, min=1, max=64, description="pairs")
+        self.transport = W.ToggleButtons(options=list(TRANSPORTS), value="raw",
+                                         description="transport",
+                                         tooltip="raw DERP, or DERP inside WebSocket messages")
         self.duration = W.BoundedFloatText(value=3.0, min=0.2, max=3600.0, step=0.5,
                                            description="duration s")
         self.warmup = W.BoundedFloatText(value=0.5, min=0.0, max=60.0, step=0.5,
@@ -204,6 +207,7 @@ class Dashboard:
             W.HBox([W.Label("switches", layout=W.Layout(width="90px")),
                     W.GridBox(sw, layout=W.Layout(grid_template_columns="repeat(4, 160px)"))]),
             W.HBox([self.rate, self.size]), W.HBox([self.pairs, self.duration, self.warmup]),
+            self.transport,
             W.HBox([self.run_button, self.stop_button, self.status]),
             self.limits_box,
         ])
@@ -248,7 +252,8 @@ class Dashboard:
         rate = float(self.rate.value)
         return LoadConfig(pairs=int(self.pairs.value), size=int(self.size.value),
                           rate_mbps=rate if rate > 0 else None,
-                          duration=float(self.duration.value), warmup=float(self.warmup.value))
+                          duration=float(self.duration.value), warmup=float(self.warmup.value),
+                          transport=self.transport.value)
 
     # -- run / stop ---------------------------------------------------------------------------
 

@@ -9,7 +9,9 @@
  * Besides "no crash, no sanitizer report" it checks the parser's contract:
  * the result never exceeds the cap or the input, a complete head parses the
  * same with surplus bytes appended, a prefix of a complete head is
- * incomplete, and every response fits the buffer it was given.
+ * incomplete, and every response fits the buffer it was given.  A WebSocket
+ * request is either a valid RFC 6455 handshake, whose 101 carries an accept value,
+ * or gets the 400 naming version 13.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -58,5 +60,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
     char head[256];
     memset(key, data[0], sizeof key);
     check(lk_http_build_101(key, head, sizeof head) > 0);
+
+    /* the WebSocket upgrade */
+    check(!req.ws_ok || req.websocket);
+    if (req.ws_ok) {
+        check(strlen(req.ws_key) == 24);
+        size_t w = lk_http_build_ws_101(req.ws_key, head, sizeof head);
+        check(w > 0 && strstr(head, "Sec-WebSocket-Accept: ") != NULL);
+        check(lk_http_build_ws_101(req.ws_key, head, w) == 0);
+    } else if (req.websocket && req.route == LK_ROUTE_DERP) {
+        char out[1024];
+        check(lk_http_build_response(&req, out, sizeof out) > 0);
+        check(memcmp(out, "HTTP/1.1 400 ", 13) == 0);
+    }
     return 0;
 }

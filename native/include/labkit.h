@@ -87,7 +87,11 @@ typedef struct lk_switch_info {
     X(workers, 1, LK_MAX_WORKERS, 1, "threads", "data worker threads, one shard each")    \
     X(queue_depth, 1, 65536, 32, "packets", "per-destination queue length, each of 2")     \
     X(max_conns, 1, 1048576, 4096, "connections", "connection slots per worker")          \
-    X(pool_packets, 64, 4294967295u, 16384, "buffers", "packet buffers per worker")
+    X(pool_packets, 64, 4294967295u, 16384, "buffers", "packet buffers per worker")    \
+    X(accept_limit, 0, 1000000, 0, "connections/s",                                        \
+      "connections admitted per second, as derper's --accept-connection-limit (0 = off)")  \
+    X(accept_burst, 0, 1000000, 0, "connections",                                          \
+      "connections admitted at once above the rate (0: one second's worth)")
 
 #define LK_LIMIT_ENUM_(FIELD, ...) LK_LIMIT_##FIELD,
 enum lk_limit_index { LK_LIMIT_TABLE(LK_LIMIT_ENUM_) LK_LIMIT__COUNT };
@@ -162,7 +166,22 @@ enum lk_counter_kind { LK_KIND_COUNTER = 0, LK_KIND_GAUGE = 1, LK_KIND_HIGH_WATE
     X(POOL_FREE, GAUGE, "pool", "buffers", "free packet buffers")                          \
     X(CONNS_KTLS, COUNTER, "conn", "connections", "whose TLS records the kernel took over")\
     X(POOL_SIZE, GAUGE, "pool", "buffers",                                                 \
-      "buffers the pool holds in all (idle: pool_free == pool_size, so a leak shows)")
+      "buffers the pool holds in all (idle: pool_free == pool_size, so a leak shows)")    \
+    X(CONNS_WEBSOCKET, COUNTER, "conn", "connections", "upgraded to DERP over WebSocket")  \
+    X(CONNS_REFUSED, COUNTER, "conn", "connections",                                       \
+      "closed at accept: over the accept limit (accept_limit, accept_burst)")             \
+    X(CLOSE_WS_UNMASKED, COUNTER, "close", "connections", "WebSocket frame without a mask")\
+    X(CLOSE_WS_OPCODE, COUNTER, "close", "connections",                                    \
+      "WebSocket RSV bit, reserved opcode or text message")                              \
+    X(CLOSE_WS_CONTROL, COUNTER, "close", "connections",                                   \
+      "WebSocket control frame fragmented, over 125 bytes, or a bad Close")              \
+    X(CLOSE_WS_FRAGMENT, COUNTER, "close", "connections",                                  \
+      "WebSocket continuation without a message, or a message inside one")               \
+    X(CLOSE_WS_OVERSIZE, COUNTER, "close", "connections", "WebSocket message over 1 MiB")  \
+    X(CLOSE_WS_FLOOD, COUNTER, "close", "connections",                                     \
+      "WebSocket control frames faster than 10/s after a burst of 100")                 \
+    X(CLOSE_WS_CLOSED, COUNTER, "close", "connections", "WebSocket Close from the client") \
+    X(WS_PINGS, COUNTER, "control", "frames", "WebSocket Pings received")
 
 #define LK_COUNTER_ENUM_(ID, ...) LK_C_##ID,
 enum lk_counter { LK_COUNTER_TABLE(LK_COUNTER_ENUM_) LK_C__COUNT };
@@ -204,6 +223,8 @@ typedef struct lk_relay_config {
     uint32_t queue_depth;          /* LK_LIMIT_TABLE: per-destination queue, each of 2 */
     uint32_t max_conns;            /* LK_LIMIT_TABLE: connection slots per worker */
     uint32_t pool_packets;         /* LK_LIMIT_TABLE: packet buffers per worker */
+    uint32_t accept_limit;         /* LK_LIMIT_TABLE: connections admitted per second (0 off) */
+    uint32_t accept_burst;         /* LK_LIMIT_TABLE: above the rate at once (0: the rate) */
 } lk_relay_config;
 
 /* Fill a config with derper-like defaults (fds -1, epoll, TLS off, the
@@ -285,7 +306,9 @@ typedef struct lk_http_request {
     int method;               /* enum lk_http_method */
     int route;                /* enum lk_http_route */
     int upgrade;              /* Upgrade is derp, or websocket without a derp subprotocol */
-    int websocket;            /* a real WebSocket (subprotocol derp): not supported */
+    int websocket;            /* a real WebSocket (subprotocol derp) */
+    int ws_ok;                /* ... and a valid RFC 6455 handshake: ws_key holds the key */
+    char ws_key[25];
     int fast_start;           /* Derp-Fast-Start: 1 */
     int not_ideal;            /* non-empty Ideal-Node header */
     int challenge_ok;         /* X-Tailscale-Challenge present and valid */
@@ -302,6 +325,8 @@ int lk_http_parse_request(const uint8_t *data, size_t len, size_t max_head,
 size_t lk_http_build_response(const lk_http_request *req, char *out, size_t cap);
 /* The 101 Switching Protocols head for a DERP upgrade. */
 size_t lk_http_build_101(const uint8_t public_key[32], char *out, size_t cap);
+/* The 101 for DERP over WebSocket (Sec-WebSocket-Accept from the request's key). */
+size_t lk_http_build_ws_101(const char *ws_key, char *out, size_t cap);
 
 typedef struct lk_client_info {
     int64_t version;
@@ -331,6 +356,22 @@ typedef struct lk_parsed_frame {
 int lk_test_parse_stream(const uint8_t *data, size_t len, size_t chunk,
                          lk_parsed_frame *out, size_t max_out);
 
+/* WebSocket reader test surface: feed `data` in `chunk`-byte pieces to the
+ * reader with the relay's rules (from_client: frames must be masked) or a
+ * client's (from the relay: unmasked), and summarise what it delivered. */
+typedef struct lk_ws_parsed {
+    uint64_t data_bytes;      /* binary payload delivered, unmasked */
+    uint32_t data_fnv1a;      /* FNV-1a of that payload (0x811c9dc5 seed) */
+    uint32_t pings, pongs, closes;
+    uint8_t last_ping[125];   /* body of the last Ping */
+    uint32_t last_ping_len;
+    int violation;            /* 0, or why the stream broke the rules (1..5) */
+} lk_ws_parsed;
+
+/* 0 when every byte was valid, -1 on a violation (out->violation says which). */
+int lk_test_ws_parse(const uint8_t *data, size_t len, size_t chunk, int from_client,
+                     lk_ws_parsed *out);
+
 /* ---- load generator ----------------------------------------------------------
  * P sender->receiver pairs of real DERP clients against any relay.  Payloads
  * carry a sequence number and a CLOCK_MONOTONIC send stamp, so the receiver
@@ -338,6 +379,8 @@ int lk_test_parse_stream(const uint8_t *data, size_t len, size_t chunk,
  * receiver sends each packet back and the sender measures round trips. */
 
 enum lk_load_mode { LK_LOAD_THROUGHPUT = 0, LK_LOAD_ECHO = 1 };
+/* How DERP travels: raw after `Upgrade: DERP`, or in WebSocket binary messages. */
+enum lk_transport { LK_TRANSPORT_RAW = 0, LK_TRANSPORT_WEBSOCKET = 1 };
 
 typedef struct lk_load_config {
     const char *host;         /* relay address (numeric IPv4/IPv6 or name) */
@@ -356,6 +399,7 @@ typedef struct lk_load_config {
     int first_cpu;
     const char *shm_name;     /* counters for live plots; NULL = none */
     int ready_fd;             /* "ready\n" once every pair has handshaked; -1 = none */
+    int transport;            /* enum lk_transport */
 } lk_load_config;
 
 #define LK_LOAD_PCTS 7

@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FUZZ = ROOT / "native" / "fuzz"
-HARNESSES = ("http", "client_info", "session")
+HARNESSES = ("http", "client_info", "session", "websocket")
 
 
 def _inputs(harness: str) -> list[Path]:

@@ -77,10 +77,12 @@ static uint32_t limit_value(const lk_relay_config *cfg, int i)
     case LK_LIMIT_workers: return (uint32_t)cfg->workers;
     case LK_LIMIT_queue_depth: return cfg->queue_depth;
     case LK_LIMIT_max_conns: return cfg->max_conns;
+    case LK_LIMIT_accept_limit: return cfg->accept_limit;
+    case LK_LIMIT_accept_burst: return cfg->accept_burst;
     default: return cfg->pool_packets;
     }
 }
-_Static_assert(LK_LIMIT__COUNT == 4, "limit_value() reads every limit field");
+_Static_assert(LK_LIMIT__COUNT == 6, "limit_value() reads every limit field");
 
 static void check_switches(const lk_relay_config *cfg, problems *p)
 {

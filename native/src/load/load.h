@@ -20,6 +20,7 @@
 #include "common/common.h"
 #include "common/counters.h"
 #include "proto/frame.h"
+#include "proto/websocket.h"
 #include "load/load_hist.h"
 
 #define LK_LOAD_MAX_PAIRS 4096
@@ -83,6 +84,13 @@ typedef struct lk_load_conn {
     uint32_t body_cap;
     char *head;                   /* HTTP response head until the 101 is complete */
     uint32_t head_len;
+    /* transport=websocket: the key we sent, then (after the 101) the reader of the
+     * relay's frames; each reserve/commit becomes one masked binary message */
+    char ws_key[25];
+    uint8_t ws;
+    uint8_t ws_hdr;               /* header bytes the pending reserve left room for */
+    uint64_t ws_mask_state;       /* xorshift state for the mask keys */
+    lk_ws_reader ws_rd;
 
     /* output: plaintext appended at tx[len]; plain TCP sends tx[off, len)
      * directly, TLS encrypts it into the ciphertext buffer first */

@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -29,6 +30,8 @@ static const char client_info_json[] = "{\"version\":2,\"CanAckPings\":true}";
 
 static enum lk_body_action frame_begin(void *ctx, uint8_t type, uint32_t len, uint8_t **dst);
 static int frame_end(void *ctx, uint8_t type, uint32_t len, uint8_t *payload);
+static uint8_t *lk_lc_reserve_raw(lk_load_conn *c, uint32_t n);
+static int start_ws(lk_load_conn *c, size_t head);
 
 /* ---- set-up -------------------------------------------------------------- */
 
@@ -58,6 +61,7 @@ int lk_lc_init(lk_load *l, lk_load_conn *c, uint32_t index, lk_load_thread *thr)
         c->tx_cap = LK_LOAD_CTRL_MAX;
     if (c->tx_cap < LK_LOAD_CTRL_MAX)
         c->tx_cap = LK_LOAD_CTRL_MAX;
+    c->tx_cap += 2 * LK_WS_HDR_MAX;  /* a WebSocket header before a batch and a Pong */
     c->body = malloc(c->body_cap);
     c->tx = malloc(c->tx_cap);
     if (!c->body || !c->tx)
@@ -161,7 +165,41 @@ uint32_t lk_lc_room(lk_load_conn *c)
     return c->tx_cap - (c->tx_len - c->tx_off);
 }
 
+/* WebSocket: each reserve/commit is one binary message, its header written at commit
+ * in front of the payload, which is masked in place (RFC 6455 §5.3).  The mask keys
+ * come from xorshift seeded by libsodium: the relay cannot tell, and a syscall per
+ * message would be the load generator's cost, not the relay's. */
+static uint32_t ws_hdr_len(uint32_t n)
+{
+    return (n < 126 ? 2 : n <= 0xffff ? 4 : 10) + 4;
+}
+
 uint8_t *lk_lc_reserve(lk_load_conn *c, uint32_t n)
+{
+    if (c->ws) {
+        c->ws_hdr = (uint8_t)ws_hdr_len(n);
+        uint8_t *p = lk_lc_reserve_raw(c, n + c->ws_hdr);
+        return p ? p + c->ws_hdr : NULL;
+    }
+    return lk_lc_reserve_raw(c, n);
+}
+
+void lk_lc_commit(lk_load_conn *c, uint32_t n)
+{
+    if (c->ws) {
+        uint64_t x = c->ws_mask_state;
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        c->ws_mask_state = x;
+        uint8_t mask[4] = {(uint8_t)x, (uint8_t)(x >> 8), (uint8_t)(x >> 16), (uint8_t)(x >> 24)};
+        uint8_t *at = c->tx + c->tx_len;
+        lk_ws_put_header(at, LK_WS_OP_BINARY, n, mask);
+        lk_ws_mask(at + c->ws_hdr, n, mask, 0);
+        n += c->ws_hdr;
+    }
+    c->tx_len += n;
+}
+
+static uint8_t *lk_lc_reserve_raw(lk_load_conn *c, uint32_t n)
 {
     if (c->tx_off == c->tx_len)
         c->tx_off = c->tx_len = 0;
@@ -174,7 +212,6 @@ uint8_t *lk_lc_reserve(lk_load_conn *c, uint32_t n)
     return c->tx_cap - c->tx_len >= n ? c->tx + c->tx_len : NULL;
 }
 
-void lk_lc_commit(lk_load_conn *c, uint32_t n) { c->tx_len += n; }
 
 void lk_lc_update_events(lk_load_conn *c)
 {
@@ -314,15 +351,29 @@ int lk_lc_adopt(lk_load_conn *c, int epfd, uint64_t token)
 
 static int send_upgrade(lk_load_conn *c)
 {
-    char req[512];
+    char req[640];
+    char ws_head[160] = "";
+    if (c->load->cfg.transport == LK_TRANSPORT_WEBSOCKET) {
+        uint8_t nonce[16];
+        randombytes_buf(nonce, sizeof nonce);
+        EVP_EncodeBlock((unsigned char *)c->ws_key, nonce, sizeof nonce);
+        randombytes_buf(&c->ws_mask_state, sizeof c->ws_mask_state);
+        c->ws_mask_state |= 1;  /* xorshift must not start at 0 */
+        snprintf(ws_head, sizeof ws_head,
+                 "Sec-WebSocket-Protocol: derp\r\n"
+                 "Sec-WebSocket-Version: 13\r\n"
+                 "Sec-WebSocket-Key: %s\r\n",
+                 c->ws_key);
+    }
     int n = snprintf(req, sizeof req,
                      "GET /derp HTTP/1.1\r\n"
                      "Host: %s\r\n"
-                     "Upgrade: DERP\r\n"
+                     "Upgrade: %s\r\n"
                      "Connection: Upgrade\r\n"
+                     "%s"
                      "User-Agent: labkit-load\r\n"
                      "\r\n",
-                     c->load->where);
+                     c->load->where, ws_head[0] ? "websocket" : "DERP", ws_head);
     uint8_t *p = lk_lc_reserve(c, (uint32_t)n);
     c->head = malloc(LK_LOAD_HEAD_MAX);  /* handshake only: the heap is fine */
     if (n <= 0 || (size_t)n >= sizeof req || !p || !c->head) {
@@ -390,7 +441,10 @@ static long feed_http(lk_load_conn *c, const uint8_t *data, size_t n)
              line > 80 ? 80 : line, c->head);
         return -1;
     }
-    /* bytes after the blank line are already DERP frames (ServerKey) (docs/protocol.md §2.6) */
+    if (c->ws_key[0] && start_ws(c, head) != 0)
+        return -1;
+    /* bytes after the blank line are already DERP frames (ServerKey) (docs/protocol.md §2.6),
+     * or WebSocket frames carrying them */
     size_t surplus = c->head_len - head;
     free(c->head);
     c->head = NULL;
@@ -399,7 +453,41 @@ static long feed_http(lk_load_conn *c, const uint8_t *data, size_t n)
     return (long)(take - surplus);
 }
 
-/* Plaintext from the relay: the HTTP head, then frames. */
+static int ws_data(void *ctx, const uint8_t *p, size_t n)
+{
+    lk_load_conn *c = ctx;
+    size_t used;
+    return lk_frame_feed(&c->reader, p, n, &used) != 0;
+}
+
+static int ws_control(void *ctx, uint8_t opcode, const uint8_t *p, size_t n)
+{
+    (void)p, (void)n;
+    lk_load_conn *c = ctx;
+    if (opcode != LK_WS_OP_CLOSE)
+        return 0;  /* neither labkit's relay nor derper pings a client over WebSocket */
+    note(c, "the relay sent a WebSocket Close (%s)", state_text(c->state));
+    return 1;
+}
+
+/* The 101 must be the WebSocket one, with the accept value our key asks for. */
+static int start_ws(lk_load_conn *c, size_t head)
+{
+    char accept[LK_WS_ACCEPT_LEN + 1], want[64];
+    if (lk_ws_accept(c->ws_key, strlen(c->ws_key), accept) != 0)
+        return note(c, "cannot compute Sec-WebSocket-Accept (OpenSSL)"), -1;
+    snprintf(want, sizeof want, "Sec-WebSocket-Accept: %s\r\n", accept);
+    if (!memmem(c->head, head, want, strlen(want))) {
+        note(c, "the relay's 101 lacks \"%.40s\": it does not speak DERP over WebSocket",
+             want);
+        return -1;
+    }
+    lk_ws_reader_init(&c->ws_rd, 0, LK_WS_MESSAGE_MAX, ws_data, ws_control, c);
+    c->ws = 1;
+    return 0;
+}
+
+/* Plaintext from the relay: the HTTP head, then frames (raw, or in WebSocket). */
 static int feed(lk_load_conn *c, const uint8_t *data, size_t n)
 {
     while (n > 0) {
@@ -410,6 +498,13 @@ static int feed(lk_load_conn *c, const uint8_t *data, size_t n)
             data += used;
             n -= (size_t)used;
             continue;
+        }
+        if (c->ws) {
+            uint8_t none[1];  /* server frames are not masked: the reader needs no scratch */
+            int rc = lk_ws_feed(&c->ws_rd, data, n, none, sizeof none);
+            if (rc < 0)
+                note(c, "the relay broke a WebSocket rule (%d)", c->ws_rd.violation);
+            return rc != 0 ? -1 : 0;
         }
         size_t used;
         if (lk_frame_feed(&c->reader, data, n, &used) != 0)

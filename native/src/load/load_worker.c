@@ -201,6 +201,8 @@ static void on_readable(lk_load_thread *t, lk_load_conn *c)
             return;
         }
         limit = room - margin;
+        if (c->ws)  /* each echo is its own WebSocket message: a header more per frame */
+            limit = limit * c->load->frame_len / (c->load->frame_len + LK_WS_HDR_MAX);
     }
     if (lk_lc_readable(c, limit) != 0)
         report_dead(t, c);

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "labkit.h"
+#include "proto/websocket.h"
 
 #define CHALLENGE_MAX 64
 
@@ -33,6 +34,7 @@ struct span {
  * flag of its own. */
 struct heads {
     struct span upgrade, ws_protocol, fast_start, ideal_node, challenge;
+    struct span connection, ws_key, ws_version;
     int hosts;
 };
 
@@ -275,6 +277,12 @@ static int parse_header_line(struct span line, struct heads *h)
         keep_first(&h->upgrade, value);
     else if (span_ieq(name, "sec-websocket-protocol"))
         keep_first(&h->ws_protocol, value);
+    else if (span_ieq(name, "connection"))
+        keep_first(&h->connection, value);
+    else if (span_ieq(name, "sec-websocket-key"))
+        keep_first(&h->ws_key, value);
+    else if (span_ieq(name, "sec-websocket-version"))
+        keep_first(&h->ws_version, value);
     else if (span_ieq(name, "derp-fast-start"))
         keep_first(&h->fast_start, value);
     else if (span_ieq(name, "ideal-node"))
@@ -300,6 +308,34 @@ static int challenge_valid(struct span c)
     return 1;
 }
 
+/* Does a comma-separated header value list `token` (case-insensitively)? */
+static int has_token(struct span v, const char *token)
+{
+    size_t i = 0;
+    while (i < v.n) {
+        size_t j = i;
+        while (j < v.n && v.p[j] != ',')
+            j++;
+        if (span_ieq(trim_ows((struct span){v.p + i, j - i}), token))
+            return 1;
+        i = j + 1;
+    }
+    return 0;
+}
+
+/* RFC 6455 §4.1: the key is 16 random bytes in base64, so 22 digits and "==". */
+static int ws_key_valid(struct span k)
+{
+    static const char b64[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    if (k.n != 24 || k.p[22] != '=' || k.p[23] != '=')
+        return 0;
+    for (size_t i = 0; i < 22; i++)
+        if (k.p[i] == 0 || !strchr(b64, k.p[i]))
+            return 0;
+    return 1;
+}
+
 /* Turn the remembered headers into the request's flags (docs/protocol.md §2.4). */
 static void apply_heads(const struct heads *h, lk_http_request *req)
 {
@@ -311,6 +347,13 @@ static void apply_heads(const struct heads *h, lk_http_request *req)
 
     req->upgrade = derp || (ws && !ws_derp);
     req->websocket = ws && ws_derp;
+    /* what a server must check before it answers 101 (RFC 6455 §4.2.1) */
+    req->ws_ok = req->websocket && req->method == LK_M_GET && has_token(h->connection, "upgrade") &&
+                 span_eq(h->ws_version, "13") && ws_key_valid(h->ws_key);
+    if (req->ws_ok) {
+        memcpy(req->ws_key, h->ws_key.p, h->ws_key.n);
+        req->ws_key[h->ws_key.n] = '\0';
+    }
     req->fast_start = span_eq(h->fast_start, "1");
     req->not_ideal = h->ideal_node.n > 0;
     req->challenge_ok = challenge_valid(h->challenge);
@@ -409,22 +452,23 @@ static size_t respond_204(const lk_http_request *req, char *out, size_t cap)
 }
 
 /*
- * A real WebSocket (subprotocol "derp", §2.7) is refused with 426 plus
- * `Upgrade: DERP`: the status says "ask again with another upgrade", and the
- * header names the one the relay speaks.  An upgrading DERP request has no
- * response here (it gets lk_http_build_101, or nothing under fast start), so
- * this returns 0 for it, like a short buffer: there is nothing to send.
+ * A WebSocket request (subprotocol "derp", §2.7) that is not a valid RFC 6455
+ * handshake gets 400 naming the version the relay speaks; a valid one gets
+ * lk_http_build_ws_101.  An upgrading request has no response here (it gets a
+ * 101, or nothing under fast start), so this returns 0 for it, like a short
+ * buffer: there is nothing to send.
  */
 size_t lk_http_build_response(const lk_http_request *req, char *out, size_t cap)
 {
     int head_only = req->method == LK_M_HEAD;
     switch (req->route) {
     case LK_ROUTE_DERP:
-        if (req->websocket)
-            return respond(out, cap, head_only, "426 Upgrade Required",
-                           TEXT_PLAIN "Upgrade: DERP\r\n",
-                           "WebSocket DERP is not supported; use Upgrade: DERP\n");
-        if (req->upgrade)
+        if (req->websocket && !req->ws_ok)
+            return respond(out, cap, head_only, "400 Bad Request",
+                           TEXT_PLAIN "Sec-WebSocket-Version: 13\r\n",
+                           "bad WebSocket handshake: GET with Connection: Upgrade, "
+                           "Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key\n");
+        if (req->upgrade || req->websocket)
             return 0;
         /* Go's http.Error: text body plus newline, nosniff. */
         return respond(out, cap, head_only, "426 Upgrade Required",
@@ -461,5 +505,21 @@ size_t lk_http_build_101(const uint8_t public_key[32], char *out, size_t cap)
                      "Derp-Public-Key: %s\r\n"
                      "\r\n",
                      hex);
+    return fitted(n, cap);
+}
+
+size_t lk_http_build_ws_101(const char *ws_key, char *out, size_t cap)
+{
+    char accept[LK_WS_ACCEPT_LEN + 1];
+    if (lk_ws_accept(ws_key, strlen(ws_key), accept) != 0)
+        return 0;
+    int n = snprintf(out, cap,
+                     "HTTP/1.1 101 Switching Protocols\r\n"
+                     "Upgrade: websocket\r\n"
+                     "Connection: Upgrade\r\n"
+                     "Sec-WebSocket-Accept: %s\r\n"
+                     "Sec-WebSocket-Protocol: derp\r\n"
+                     "\r\n",
+                     accept);
     return fitted(n, cap);
 }

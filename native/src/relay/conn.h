@@ -9,6 +9,7 @@
 
 #include "common/bytes.h"
 #include "proto/frame.h"
+#include "proto/websocket.h"
 #include "relay/pool.h"
 
 struct lk_tls_conn;
@@ -29,6 +30,23 @@ enum lk_conn_state {
 #define LK_HTTP_HEAD_MAX 16384
 #define LK_SMALL_BODY 1024    /* Ping, NotePreferred, ClosePeer payloads */
 #define LK_TX_MAX 512         /* frames the writer holds / one vectored send may carry */
+
+/* DERP over WebSocket (session.c reads, output.c writes): the reader of the
+ * client's frames, and what the writer owes at and between message boundaries.
+ * It moves with the connection from the acceptor to its owning worker. */
+typedef struct lk_ws_link {
+    lk_ws_reader rd;
+    uint32_t raw_left;          /* ctrl bytes that leave unframed: the 101 */
+    uint8_t hdr[LK_WS_SERVER_HDR_MAX];  /* header of the message being sent */
+    uint8_t hdr_len, hdr_off;
+    uint32_t msg_left;          /* its payload bytes not yet sent */
+    uint8_t ctl[2 + LK_WS_CTRL_MAX];    /* a Pong or Close, sent between messages */
+    uint8_t ctl_len, ctl_off;
+    uint8_t sending_ctl;        /* the send in flight carries ctl, not a message */
+    uint8_t closing;            /* the client sent Close: read nothing more */
+    uint32_t ctl_tokens;        /* control frames a client may send: burst, then 10/s */
+    uint64_t ctl_stamp_ns;
+} lk_ws_link;
 
 /* A bounded FIFO of packets for one destination: head-drop when full (docs/protocol.md §6.3). */
 typedef struct lk_pktq {
@@ -76,6 +94,7 @@ typedef struct lk_conn {
     uint32_t tx_off;            /* bytes of tx[0] already sent */
     uint8_t pong_pending;
     uint8_t close_when_flushed;
+    int flushed_reason;         /* LK_C_CLOSE_* counted when that close happens */
     uint8_t dirty;              /* on the worker's flush list */
     struct lk_conn *dirty_next;
 
@@ -94,6 +113,7 @@ typedef struct lk_conn {
      * consumes only the records OpenSSL took, so the first application
      * record is still in the socket when the kernel takes over (session.c) */
     uint8_t ktls_peek;
+    lk_ws_link *ws;             /* DERP over WebSocket; NULL: raw DERP */
 
     /* timers, CLOCK_MONOTONIC ns; 0 = not armed */
     uint64_t handshake_deadline;

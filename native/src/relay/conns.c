@@ -73,6 +73,8 @@ void lk_core_release(lk_worker *w, lk_conn *c)
     free(c->pipelined.data);
     c->pipelined = (lk_bytes){0};
     lk_tls_conn_free(c->tls);
+    free(c->ws);
+    c->ws = NULL;
     c->rx_pkt = NULL;
     c->head = NULL;
     c->client_info = NULL;
@@ -128,8 +130,35 @@ static void set_remote(lk_conn *c, const struct sockaddr_storage *sa)
     }
 }
 
+/* derper's accept limit: a token bucket of accept_limit per second holding at most
+ * accept_burst (0: one second's worth), full at start like Go's rate.Limiter.  Over
+ * it, a connection is closed before any byte is read: refusing early is the point. */
+static int accept_admitted(lk_worker *w)
+{
+    const lk_relay_config *cfg = &w->relay->cfg;
+    if (cfg->accept_limit == 0)
+        return 1;
+    double burst = cfg->accept_burst ? cfg->accept_burst : cfg->accept_limit;
+    uint64_t now = lk_now_ns();  /* fresh: a burst of accepts can outlast one pass */
+    if (w->accept_stamp_ns == 0)
+        w->accept_tokens = burst;
+    else
+        w->accept_tokens += (double)(now - w->accept_stamp_ns) * cfg->accept_limit / 1e9;
+    if (w->accept_tokens > burst)
+        w->accept_tokens = burst;
+    w->accept_stamp_ns = now;
+    if (w->accept_tokens < 1.0)
+        return 0;
+    w->accept_tokens -= 1.0;
+    return 1;
+}
+
 int lk_core_accepted(lk_worker *w, int fd, const struct sockaddr_storage *addr)
 {
+    if (!accept_admitted(w)) {
+        LK_COUNT(w, CONNS_REFUSED);
+        return -1;  /* the backend closes fd */
+    }
     LK_COUNT(w, CONNS_ACCEPTED);
     lk_conn *c = conn_alloc(w, fd);
     if (!c)
@@ -160,13 +189,14 @@ static void hand_off(lk_worker *acc, lk_conn *c)
         return;
     }
     *h = (lk_handoff){.fd = c->fd, .id = c->id, .mesh = c->mesh, .prober = c->prober,
-                      .not_ideal = c->not_ideal, .port = c->port, .tls = c->tls, .ctrl = c->ctrl,
+                      .not_ideal = c->not_ideal, .port = c->port, .tls = c->tls, .ws = c->ws, .ctrl = c->ctrl,
                       .leftover_len = left->len};
     memcpy(h->key, c->key, LK_KEY_LEN);
     memcpy(h->ip16, c->ip16, 16);
     if (left->len)  /* data is NULL when nothing was pipelined */
         memcpy(h->leftover, left->data, left->len);
     c->tls = NULL;
+    c->ws = NULL;
     c->ctrl = (lk_bytes){0};
     acc->io->detach(acc, c);
     unlink_all(acc, c);
@@ -182,6 +212,7 @@ void lk_conns_adopt(lk_worker *w, lk_handoff *h)
     if (!c) {
         w->io->discard_fd(w, h->fd);
         lk_tls_conn_free(h->tls);
+        free(h->ws);
         free(h->ctrl.data);
         free(h);
         return;
@@ -194,6 +225,9 @@ void lk_conns_adopt(lk_worker *w, lk_handoff *h)
     c->prober = h->prober;
     c->not_ideal = h->not_ideal;
     c->tls = h->tls;
+    c->ws = h->ws;
+    if (c->ws)
+        c->ws->rd.ctx = c;  /* the reader's callbacks now serve this slot */
     c->ctrl = h->ctrl;
     lk_session_resume(w, c);
     if (lk_route_register(w, c) != 0) {
@@ -203,7 +237,7 @@ void lk_conns_adopt(lk_worker *w, lk_handoff *h)
     } else if (w->io->add_conn(w, c) != 0) {
         lk_conn_doom(w, c, LK_C_CLOSE_PEER);
     } else {
-        lk_session_feed(w, c, h->leftover, h->leftover_len);
+        lk_session_feed_derp(w, c, h->leftover, h->leftover_len);
     }
     free(h);
     lk_conns_reap(w);

@@ -17,6 +17,7 @@ typedef struct lk_handoff {
     uint8_t ip16[16];
     uint16_t port;
     struct lk_tls_conn *tls;
+    lk_ws_link *ws;            /* WebSocket state, or NULL */
     lk_bytes ctrl;             /* ServerInfo (and maybe the 101/ServerKey tail) still to send */
     uint32_t leftover_len;     /* frames the client pipelined after ClientInfo */
     uint8_t leftover[];

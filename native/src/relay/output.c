@@ -108,6 +108,8 @@ int lk_out_pending(const lk_conn *c)
 {
     if (c->tls && lk_tls_out(c->tls)->len > lk_tls_out(c->tls)->off)
         return 1;
+    if (c->ws && (c->ws->ctl_len > c->ws->ctl_off || c->ws->hdr_off < c->ws->hdr_len))
+        return 1;
     return c->tx_count || c->ctrl.len > c->ctrl.off || c->q_disco.count || c->q_other.count;
 }
 
@@ -198,13 +200,102 @@ static void sent_plain(lk_worker *w, lk_conn *c, size_t n)
     c->ctrl_pinned = NULL;
 }
 
+/* WebSocket: the stream leaves as binary messages, one per gather, its header in
+ * the iov before its payload.  After a partial send the next gather resumes the
+ * same message: what gather_plain returns then starts with the message's unsent
+ * rest (it only ever appends), so it is cut at msg_left.  Pong and Close wait for a
+ * message boundary and go alone; the 101 before everything goes unframed.
+ * `max` 1 (coalesce off) still carries a header with its one frame. */
+static int gather_ws(lk_worker *w, lk_conn *c, struct iovec *iov, int max)
+{
+    lk_ws_link *ws = c->ws;
+    ws->sending_ctl = 0;
+    if (ws->raw_left) {
+        int n = gather_plain(w, c, iov, 1);  /* the 101 is ctrl's first bytes */
+        if (n == 1 && iov[0].iov_len > ws->raw_left)
+            iov[0].iov_len = c->iov_ctrl = ws->raw_left;
+        return n;
+    }
+    int inner = max > 1 ? max - 1 : 1;
+    int between = ws->msg_left == 0 && ws->hdr_off == ws->hdr_len;
+    if (between && ws->ctl_len > ws->ctl_off) {
+        ws->sending_ctl = 1;
+        iov[0] = (struct iovec){ws->ctl + ws->ctl_off, (size_t)(ws->ctl_len - ws->ctl_off)};
+        return 1;
+    }
+    int k = ws->hdr_off < ws->hdr_len;
+    int n = gather_plain(w, c, iov + 1, inner);
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += iov[1 + i].iov_len;
+    if (between) {
+        if (n == 0)
+            return 0;
+        ws->hdr_len = (uint8_t)lk_ws_put_header(ws->hdr, LK_WS_OP_BINARY, total, NULL);
+        ws->hdr_off = 0;
+        ws->msg_left = (uint32_t)total;
+        k = 1;
+    } else {
+        size_t keep = 0;
+        int m = 0;
+        for (; m < n && keep < ws->msg_left; m++) {
+            size_t room = ws->msg_left - keep;
+            if (iov[1 + m].iov_len > room)
+                iov[1 + m].iov_len = room;
+            keep += iov[1 + m].iov_len;
+        }
+        n = m;
+    }
+    if (k)
+        iov[0] = (struct iovec){ws->hdr + ws->hdr_off, (size_t)(ws->hdr_len - ws->hdr_off)};
+    else
+        memmove(iov, iov + 1, (size_t)n * sizeof *iov);
+    return k + n;
+}
+
+static void sent_ws(lk_worker *w, lk_conn *c, size_t n)
+{
+    lk_ws_link *ws = c->ws;
+    if (ws->raw_left) {
+        ws->raw_left -= (uint32_t)n;
+        sent_plain(w, c, n);
+        return;
+    }
+    if (ws->sending_ctl) {
+        ws->sending_ctl = 0;
+        ws->ctl_off = (uint8_t)(ws->ctl_off + n);
+        if (ws->ctl_off == ws->ctl_len)
+            ws->ctl_off = ws->ctl_len = 0;
+        return;
+    }
+    size_t h = ws->hdr_len - ws->hdr_off;
+    if (h > n)
+        h = n;
+    ws->hdr_off = (uint8_t)(ws->hdr_off + h);
+    ws->msg_left -= (uint32_t)(n - h);
+    sent_plain(w, c, n - h);
+}
+
+static int gather_stream(lk_worker *w, lk_conn *c, struct iovec *iov, int max)
+{
+    return c->ws ? gather_ws(w, c, iov, max) : gather_plain(w, c, iov, max);
+}
+
+static void sent_stream(lk_worker *w, lk_conn *c, size_t n)
+{
+    if (c->ws)
+        sent_ws(w, c, n);
+    else
+        sent_plain(w, c, n);
+}
+
 /* TLS: encrypt the next plaintext batch when the previous records are gone. */
 static int gather_tls(lk_worker *w, lk_conn *c, struct iovec *iov, int max)
 {
     lk_bytes *out = lk_tls_out(c->tls);
     if (out->len == out->off && c->state != LK_CS_TLS_HANDSHAKE) {
-        struct iovec plain[LK_TX_MAX + 1];
-        int n = gather_plain(w, c, plain, max > 1 ? LK_TX_MAX + 1 : 1);
+        struct iovec plain[LK_TX_MAX + 2];  /* + a WebSocket header */
+        int n = gather_stream(w, c, plain, max > 1 ? LK_TX_MAX + 1 : 1);
         size_t total = 0;
         for (int i = 0; i < n; i++) {
             if (lk_tls_write(c->tls, plain[i].iov_base, plain[i].iov_len) != 0) {
@@ -213,7 +304,7 @@ static int gather_tls(lk_worker *w, lk_conn *c, struct iovec *iov, int max)
             }
             total += plain[i].iov_len;
         }
-        sent_plain(w, c, total);
+        sent_stream(w, c, total);
     }
     if (out->len == out->off)
         return 0;
@@ -226,7 +317,7 @@ int lk_out_gather(lk_worker *w, lk_conn *c, struct iovec *iov, int max)
 {
     if (!lk_conn_alive(c))
         return 0;
-    int n = c->tls ? gather_tls(w, c, iov, max) : gather_plain(w, c, iov, max);
+    int n = c->tls ? gather_tls(w, c, iov, max) : gather_stream(w, c, iov, max);
     if (n < 0) {
         lk_conn_doom(w, c, c->close_reason);
         return 0;
@@ -248,11 +339,11 @@ void lk_out_sent(lk_worker *w, lk_conn *c, size_t n)
         if (out->off == out->len)
             out->off = out->len = 0;
     } else {
-        sent_plain(w, c, n);
+        sent_stream(w, c, n);
     }
     int pending = lk_out_pending(c);
     if (n > 0)
         c->write_stalled_since = pending ? w->now : 0;
     if (!pending && c->close_when_flushed)
-        lk_conn_doom(w, c, LK_C_CLOSE_HTTP);
+        lk_conn_doom(w, c, c->flushed_reason);
 }

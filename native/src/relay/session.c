@@ -7,11 +7,16 @@
 #include <string.h>
 
 #include "proto/handshake.h"
+#include "proto/websocket.h"
 #include "relay/output.h"
 #include "relay/routing.h"
 #include "relay/session.h"
 #include "relay/shard.h"
 #include "tls/tls.h"
+
+/* Control frames a WebSocket client may send in a burst, then per second. */
+#define LK_WS_CTL_BURST 100
+#define LK_WS_CTL_RATE 10
 
 static enum lk_body_action frame_begin(void *ctx, uint8_t type, uint32_t len, uint8_t **dst);
 static int frame_end(void *ctx, uint8_t type, uint32_t len, uint8_t *payload);
@@ -29,12 +34,37 @@ void lk_session_start(lk_worker *w, lk_conn *c)
 
 /* ---- HTTP upgrade ------------------------------------------------------- */
 
+static int ws_data(void *ctx, const uint8_t *p, size_t n);
+static int ws_control(void *ctx, uint8_t opcode, const uint8_t *p, size_t n);
+
+/* DERP over WebSocket: answer with the RFC 6455 101; from here the stream both
+ * ways is binary messages (§2.7).  Fast start does not apply: a WebSocket client
+ * needs the 101 to finish its own handshake. */
+static int start_websocket(lk_worker *w, lk_conn *c, const lk_http_request *req)
+{
+    char head[256];
+    size_t n = lk_http_build_ws_101(req->ws_key, head, sizeof head);
+    if (n == 0 || !(c->ws = calloc(1, sizeof *c->ws))) {
+        lk_conn_doom(w, c, LK_C_CLOSE_HTTP);
+        return -1;
+    }
+    lk_ws_reader_init(&c->ws->rd, 1, LK_WS_MESSAGE_MAX, ws_data, ws_control, c);
+    c->ws->raw_left = (uint32_t)n;
+    c->ws->ctl_tokens = LK_WS_CTL_BURST;
+    c->ws->ctl_stamp_ns = w->now;
+    LK_COUNT(w, CONNS_WEBSOCKET);
+    return lk_out_http(w, c, head, (uint32_t)n);
+}
+
 static void start_derp(lk_worker *w, lk_conn *c, const lk_http_request *req)
 {
     char head[256];
     uint8_t server_key[LK_SERVER_KEY_FRAME_LEN];
-    /* fast start: the client knows our key already and expects no HTTP reply */
-    if (!req->fast_start) {
+    if (req->ws_ok) {
+        if (start_websocket(w, c, req) != 0)
+            return;
+    } else if (!req->fast_start) {
+        /* fast start: the client knows our key already and expects no HTTP reply */
         size_t n = lk_http_build_101(w->relay->public_key, head, sizeof head);
         if (lk_out_http(w, c, head, (uint32_t)n) != 0)
             return;
@@ -54,6 +84,7 @@ static void answer_http(lk_worker *w, lk_conn *c, const lk_http_request *req)
     size_t n = lk_http_build_response(req, resp, sizeof resp);
     c->state = LK_CS_HTTP_REPLIED;
     c->close_when_flushed = 1;
+    c->flushed_reason = LK_C_CLOSE_HTTP;
     if (n == 0 || lk_out_http(w, c, resp, (uint32_t)n) != 0)
         lk_conn_doom(w, c, LK_C_CLOSE_HTTP);
 }
@@ -78,7 +109,7 @@ static long feed_http(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
     }
     if (head == 0)
         return (long)take;
-    if (req.route == LK_ROUTE_DERP && req.upgrade && !req.websocket)
+    if (req.route == LK_ROUTE_DERP && ((req.upgrade && !req.websocket) || req.ws_ok))
         start_derp(w, c, &req);
     else
         answer_http(w, c, &req);
@@ -114,17 +145,9 @@ static void keep_pipelined(lk_worker *w, lk_conn *c, const uint8_t *data, size_t
     b->len += (uint32_t)n;
 }
 
-void lk_session_feed(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
+void lk_session_feed_derp(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
 {
     while (n > 0) {
-        if (c->state == LK_CS_HTTP) {
-            long used = feed_http(w, c, data, n);
-            if (used < 0)
-                return;
-            data += used;
-            n -= (size_t)used;
-            continue;
-        }
         if (c->state == LK_CS_HANDOFF) {
             keep_pipelined(w, c, data, n);
             return;
@@ -147,6 +170,105 @@ void lk_session_feed(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
         data += used;
         n -= used;
     }
+}
+
+/* ---- WebSocket ----------------------------------------------------------- */
+
+/* Why a WebSocket stream broke the rules, as the counter that says so. */
+static const int ws_close_counter[] = {
+    [LK_WS_UNMASKED] = LK_C_CLOSE_WS_UNMASKED, [LK_WS_OPCODE] = LK_C_CLOSE_WS_OPCODE,
+    [LK_WS_CONTROL] = LK_C_CLOSE_WS_CONTROL,   [LK_WS_FRAGMENT] = LK_C_CLOSE_WS_FRAGMENT,
+    [LK_WS_OVERSIZE] = LK_C_CLOSE_WS_OVERSIZE,
+};
+
+/* Binary payload: DERP bytes, which may split frames anywhere.  In the handoff
+ * state they are kept for the owning worker (lk_session_feed_derp does that), and
+ * the reader goes on: the rest of this read is WebSocket framing, which the owning
+ * worker could not resume mid-frame. */
+static int ws_data(void *ctx, const uint8_t *p, size_t n)
+{
+    lk_conn *c = ctx;
+    lk_session_feed_derp(c->worker, c, p, n);
+    return !lk_conn_alive(c);
+}
+
+/* A control frame to send at the next message boundary; a Pong not yet started
+ * gives way to a newer one (RFC 6455 §5.5.3 allows answering only the latest). */
+static void ws_queue_ctl(lk_worker *w, lk_conn *c, uint8_t opcode, const uint8_t *p, size_t n)
+{
+    lk_ws_link *ws = c->ws;
+    if (ws->ctl_off > 0)
+        return;  /* one is half sent: it must finish; a Pong may then be skipped */
+    ws->ctl_len = (uint8_t)lk_ws_put_header(ws->ctl, opcode, n, NULL);
+    memcpy(ws->ctl + ws->ctl_len, p, n);
+    ws->ctl_len = (uint8_t)(ws->ctl_len + n);
+    lk_out_mark_dirty(w, c);
+}
+
+static int ws_control(void *ctx, uint8_t opcode, const uint8_t *p, size_t n)
+{
+    lk_conn *c = ctx;
+    lk_worker *w = c->worker;
+    lk_ws_link *ws = c->ws;
+    /* a client may ping, but not make the relay answer without end */
+    uint64_t elapsed = w->now - ws->ctl_stamp_ns;
+    uint64_t refill = elapsed * LK_WS_CTL_RATE / 1000000000ull;
+    if (refill) {
+        ws->ctl_tokens = ws->ctl_tokens + refill > LK_WS_CTL_BURST
+                             ? LK_WS_CTL_BURST : (uint32_t)(ws->ctl_tokens + refill);
+        ws->ctl_stamp_ns += refill * 1000000000ull / LK_WS_CTL_RATE;
+    }
+    if (ws->ctl_tokens == 0) {
+        lk_conn_doom(w, c, LK_C_CLOSE_WS_FLOOD);
+        return 1;
+    }
+    ws->ctl_tokens--;
+    if (opcode == LK_WS_OP_PING) {
+        LK_COUNT(w, WS_PINGS);
+        ws_queue_ctl(w, c, LK_WS_OP_PONG, p, n);
+        return 0;
+    }
+    if (opcode != LK_WS_OP_CLOSE)
+        return 0;  /* an unsolicited Pong is allowed, and means nothing */
+    /* the close handshake: echo the status code, then close once it is written.
+     * On the acceptor mid-handoff there is no writer to wait for: close now. */
+    ws->closing = 1;
+    if (c->state == LK_CS_HANDOFF) {
+        lk_conn_doom(w, c, LK_C_CLOSE_WS_CLOSED);
+        return 1;
+    }
+    /* replaces a Pong not yet started; after one half sent, no echo (rare, and the
+     * connection closes either way) */
+    ws_queue_ctl(w, c, LK_WS_OP_CLOSE, p, n < 2 ? n : 2);
+    c->close_when_flushed = 1;
+    c->flushed_reason = LK_C_CLOSE_WS_CLOSED;
+    return 1;
+}
+
+static void feed_ws(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
+{
+    uint8_t scratch[8192];  /* unmasked payload on its way to the DERP reader */
+    if (c->ws->closing)
+        return;
+    if (lk_ws_feed(&c->ws->rd, data, n, scratch, sizeof scratch) < 0)
+        lk_conn_doom(w, c, ws_close_counter[c->ws->rd.violation]);
+}
+
+void lk_session_feed(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
+{
+    while (n > 0 && c->state == LK_CS_HTTP) {
+        long used = feed_http(w, c, data, n);
+        if (used < 0)
+            return;
+        data += used;
+        n -= (size_t)used;
+    }
+    if (n == 0)
+        return;
+    if (c->ws)
+        feed_ws(w, c, data, n);
+    else
+        lk_session_feed_derp(w, c, data, n);
 }
 
 /* kTLS: the handshake runs in OpenSSL on peeked bytes.  The record boundary

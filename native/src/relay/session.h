@@ -17,7 +17,10 @@ void lk_session_start(lk_worker *w, lk_conn *c);
 void lk_session_resume(lk_worker *w, lk_conn *c);
 /* Bytes as the socket gave them (ciphertext under userspace TLS). */
 void lk_session_received(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n);
-/* Plaintext DERP bytes (what the client pipelined before its handoff). */
+/* Plaintext bytes of the connection's stream: HTTP, then DERP raw or in WebSocket. */
 void lk_session_feed(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n);
+/* DERP bytes already out of their transport (what the client pipelined before its
+ * handoff, which the acceptor unwrapped from WebSocket). */
+void lk_session_feed_derp(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n);
 
 #endif

@@ -103,6 +103,8 @@ typedef struct lk_worker {
     uint8_t *plain;               /* TLS plaintext scratch */
     uint64_t now;                 /* cached per pass */
     uint64_t next_due;            /* earliest timer of any conn */
+    double accept_tokens;         /* acceptor: the accept limit's bucket (conns.c) */
+    uint64_t accept_stamp_ns;     /* its last refill; 0 = not started */
 } lk_worker;
 
 #define LK_RBUF_LEN (64u * 1024)
