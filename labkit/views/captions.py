@@ -1,0 +1,243 @@
+"""Sentences that state a result, computed from the runs they describe.
+
+A notebook's fixed prose explains a mechanism; every sentence that states a measured
+outcome (a ratio, a direction, "X beats Y", "CPU follows syscalls") comes from here, with
+its numbers, its uncertainty and its verdict against what the mechanism predicts:
+
+- compare(): b against a on one figure: the ratio of means with a 95 % CI (on the log
+  scale, labkit.lab.stats.ratio_ci), Welch's p, and whether this machine agrees with the
+  expected direction, disagrees (then the likely reason and the what-if that tests it), or
+  cannot tell (not significant);
+- follows(): does one figure rise with another across groups (Spearman's rank
+  correlation, with p);
+- headroom(): did the relay keep up with the offered load, and how busy was it (the
+  likely reason a CPU claim does not hold at a paced rate);
+- share_vs(): a measured share against a predicted one (notebook 05's cross-shard share).
+
+Every number is written by labkit.views.fmt. A Conclusion prints as its text and renders
+as a short paragraph in a notebook.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from labkit.lab.stats import ratio_ci, welch
+from labkit.lab.window import FIGURES
+from labkit.views import fmt
+
+Direction = Literal["lower", "higher"]
+Verdict = Literal["agrees", "disagrees", "not significant", "no data", "measured"]
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What the mechanism predicts for b against a, and what to say if this machine
+    disagrees: the likely reason (computed from the run where it can be, see headroom())
+    and the what-if that would test it."""
+
+    direction: Direction
+    story: str
+    reason: str = ""
+    what_if: str = ""
+
+
+@dataclass(frozen=True)
+class Conclusion:
+    """One measured claim: its verdict and the sentence that states it."""
+
+    verdict: Verdict
+    text: str
+    ratio: float = float("nan")
+    ratio_low: float = float("nan")
+    ratio_high: float = float("nan")
+    p: float = float("nan")
+
+    @property
+    def disagrees(self) -> bool:
+        return self.verdict == "disagrees"
+
+    def __str__(self) -> str:
+        return self.text
+
+    def _repr_html_(self) -> str:
+        colour = {"disagrees": "#b00020", "not significant": "#8a6d00"}.get(self.verdict,
+                                                                             "#1b5e20")
+        return (f'<p class="labkit-conclusion" style="max-width:820px;font-size:13.5px">'
+                f'<b style="color:{colour}">Measured ({html.escape(self.verdict)}):</b> '
+                f"{html.escape(self.text)}</p>")
+
+
+def _ok(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["status"] == "ok"] if "status" in runs else runs
+
+
+def _what(metric: str) -> tuple[str, str]:
+    return FIGURES.get(metric, (metric.replace("_", " "), ""))
+
+
+def _values(runs: pd.DataFrame, factor: str, level: object, metric: str) -> pd.Series:
+    sub = runs.loc[runs[factor] == level, metric] if metric in runs else pd.Series([])
+    return pd.to_numeric(sub, errors="coerce").dropna()
+
+
+def compare(runs: pd.DataFrame, metric: str, a: object, b: object, factor: str = "io",
+            label_a: str | None = None, label_b: str | None = None,
+            expect: Expect | None = None) -> Conclusion:
+    """b against a on `metric` over the ok runs, as one sentence with its numbers.
+
+    Verdicts: "no data" (a side has no value), "not significant" (Welch p >= 0.05, or
+    fewer than 2 runs a side: the sentence says this run cannot tell), "agrees" or
+    "disagrees" with `expect` (then the sentence says so, with expect.reason and
+    expect.what_if), or "measured" when nothing was expected."""
+    ok = _ok(runs)
+    la, lb = label_a or str(a), label_b or str(b)
+    name, unit = _what(metric)
+    xa, xb = _values(ok, factor, a, metric), _values(ok, factor, b, metric)
+    if xa.empty or xb.empty:
+        missing = la if xa.empty else lb
+        return Conclusion("no data", f"{name}: no successful run of {missing} measured it, "
+                          "so this run says nothing about it.")
+    r, lo, hi = ratio_ci(xa, xb)
+    w = welch(pd.DataFrame({factor: [a] * len(xa) + [b] * len(xb),
+                            metric: [*xa, *xb]}), factor=factor, a=a, b=b, metrics=[metric])
+    p = float(w["p"].iloc[0]) if not w.empty else float("nan")
+    runs_said = f"{len(xb)} + {len(xa)} runs"
+    numbers = (f"{fmt.with_unit(xb.mean(), unit)} against {fmt.with_unit(xa.mean(), unit)}, "
+               f"{fmt.ratio(r)}" + (f" (95 % CI {fmt.interval(lo, hi)}×)" if not math.isnan(lo)
+                                    else "") + f", Welch {fmt.pvalue(p)}, {runs_said}")
+    if math.isnan(p) or p >= ALPHA:
+        why = ("too few runs for a test" if math.isnan(p) else "not significant")
+        return Conclusion("not significant",
+                          f"{name}: {lb} {numbers}. The difference is {why}: this run cannot "
+                          f"say whether {lb} is lower or higher than {la}"
+                          + (f" (the expected story: {expect.story})." if expect else "."),
+                          r, lo, hi, p)
+    direction: Direction = "lower" if xb.mean() < xa.mean() else "higher"
+    times = r if direction == "higher" else 1 / r
+    said = (f"{name}: {lb} is {direction} than {la}, {fmt.ratio(times)} "
+            f"{'more' if direction == 'higher' else 'less'} ({numbers}).")
+    if expect is None:
+        return Conclusion("measured", said, r, lo, hi, p)
+    if direction == expect.direction:
+        return Conclusion("agrees", f"{said} As expected: {expect.story}.", r, lo, hi, p)
+    text = f"{said} This machine disagrees with the expected story ({expect.story})."
+    if expect.reason:
+        text += f" Likely reason: {expect.reason}"
+        text += "" if expect.reason.endswith(".") else "."
+    if expect.what_if:
+        text += f" What-if that tests it: {expect.what_if}"
+        text += "" if expect.what_if.endswith(".") else "."
+    return Conclusion("disagrees", text, r, lo, hi, p)
+
+
+def follows(runs: pd.DataFrame, x: str, y: str, group: str, claim: str) -> Conclusion:
+    """Whether `y` rises with `x` across the groups' means (Spearman's rank correlation,
+    scipy.stats.spearmanr), stated against `claim` ("CPU follows the syscall count")."""
+    ok = _ok(runs)
+    m = ok.groupby(group)[[x, y]].mean(numeric_only=True).dropna()
+    nx, ny = _what(x)[0], _what(y)[0]
+    if len(m) < 3:
+        return Conclusion("no data", f"{len(m)} group(s) with both {nx} and {ny}: too few to "
+                          f"say whether {claim.lower()}.")
+    res = sps.spearmanr(m[x], m[y])
+    rho, p = float(res.statistic), float(res.pvalue)
+    said = f"Spearman ρ = {fmt.number(rho, 2)}, {fmt.pvalue(p)}, over {len(m)} {group}s"
+    if math.isnan(p) or p >= ALPHA:
+        return Conclusion("not significant", f"Across the {group}s, {ny} does not measurably "
+                          f"follow {nx} here ({said}): the claim “{claim}” is not supported "
+                          "by this run.", p=p)
+    if rho > 0:
+        return Conclusion("agrees", f"Across the {group}s, {ny} rises with {nx} ({said}): "
+                          f"{claim}, on this machine.", p=p)
+    return Conclusion("disagrees", f"Across the {group}s, {ny} falls as {nx} rises ({said}): "
+                      f"this machine contradicts “{claim}”.", p=p)
+
+
+def headroom(runs: pd.DataFrame) -> str:
+    """Did the relay keep up with the offered load, and how busy was it? One clause from
+    the runs (delivered share of offered, loss, relay CPU % of one core), e.g. the likely
+    reason CPU per Gbit does not follow the syscall count at a paced rate."""
+    ok = _ok(runs)
+    if ok.empty or "mbps" not in ok:
+        return "no successful run to say how loaded the relay was"
+    delivered = pd.to_numeric(ok["mbps"], errors="coerce")
+    offered = pd.to_numeric(ok.get("offered_mbps", pd.Series(dtype=float)), errors="coerce")
+    cpu = pd.to_numeric(ok.get("relay_cpu_pct", pd.Series(dtype=float)), errors="coerce")
+    loss = pd.to_numeric(ok.get("loss_pct", pd.Series(dtype=float)), errors="coerce")
+    share = (delivered / offered).dropna()
+    paced = "rate_mbps" in ok and pd.to_numeric(ok["rate_mbps"], errors="coerce").notna().all()
+    kept_up = paced and not share.empty and share.min() >= 0.98 and loss.max() < 0.5
+    cpu_said = (f"the relay using {fmt.interval(cpu.min(), cpu.max())} % of one core"
+                if cpu.notna().any() else "relay CPU not measured")
+    if kept_up:
+        return (f"every run delivered {fmt.interval(100 * share.min(), 100 * share.max())} % "
+                f"of the offered load with at most {fmt.number(loss.max())} % loss, "
+                f"{cpu_said}: the relay kept up and was not CPU-bound, so a mode that "
+                "crosses into the kernel less can still spend its saved time elsewhere "
+                "(waking up per completion, polling)")
+    return (f"runs delivered {fmt.interval(delivered.min(), delivered.max())} Mbit/s with "
+            f"up to {fmt.number(loss.max())} % loss, {cpu_said}: the relay ran at or near "
+            "its capacity")
+
+
+def kept_up(runs: pd.DataFrame) -> Conclusion:
+    """Whether a paced run's relays carried everything offered (the claim "more than this
+    machine can carry" is tested here, not written ahead of the run)."""
+    ok = _ok(runs)
+    if ok.empty:
+        return Conclusion("no data", "No successful run: nothing to say about capacity.")
+    share = (pd.to_numeric(ok["mbps"], errors="coerce")
+             / pd.to_numeric(ok["offered_mbps"], errors="coerce")).dropna()
+    loss = pd.to_numeric(ok["loss_pct"], errors="coerce")
+    said = (f"delivered {fmt.interval(ok['mbps'].min(), ok['mbps'].max())} Mbit/s of "
+            f"{fmt.interval(ok['offered_mbps'].min(), ok['offered_mbps'].max())} Mbit/s "
+            f"offered, loss up to {fmt.number(loss.max())} %")
+    if not share.empty and share.min() >= 0.98 and loss.max() < 0.5:
+        return Conclusion("measured", f"Every run {said}: at this rate the relay keeps up in "
+                          "every mode, so the comparison is of cost (CPU, syscalls) for the "
+                          "same work, not of capacity.")
+    return Conclusion("measured", f"Runs {said}: at least one mode could not carry this "
+                      "rate, so its figures are those of a saturated relay.")
+
+
+def share_vs(measured: Sequence[float], predicted: float, what: str,
+             reason: str = "", what_if: str = "") -> Conclusion:
+    """A measured share (0–1, one value per run) against a predicted one: the mean with a
+    t-interval clipped to [0, 1], and whether the prediction lies inside it."""
+    x = np.asarray(pd.to_numeric(pd.Series(list(measured)), errors="coerce").dropna(),
+                   dtype=float)
+    if not len(x):
+        return Conclusion("no data", f"{what}: not measured.")
+    mean = float(x.mean())
+    if len(x) >= 2 and x.std(ddof=1) > 0:
+        lo, hi = sps.t.interval(0.95, len(x) - 1, loc=mean,
+                                scale=float(x.std(ddof=1)) / math.sqrt(len(x)))
+        lo, hi = max(0.0, float(lo)), min(1.0, float(hi))
+    else:
+        lo = hi = float("nan")
+    ci = f" (95 % CI {fmt.interval(lo, hi)})" if not math.isnan(lo) else ""
+    said = (f"{what}: measured {fmt.number(mean, 2)}{ci} over {len(x)} run(s), "
+            f"predicted {fmt.number(predicted, 2)}")
+    if math.isnan(lo):
+        close = abs(mean - predicted) <= 0.1
+        verdict: Verdict = "agrees" if close else "disagrees"
+    else:
+        verdict = "agrees" if lo <= predicted <= hi else "disagrees"
+    if verdict == "agrees":
+        return Conclusion("agrees", f"{said}: the prediction holds here.")
+    text = f"{said}: this machine disagrees with the prediction."
+    if reason:
+        text += f" Likely reason: {reason}" + ("" if reason.endswith(".") else ".")
+    if what_if:
+        text += f" What-if that tests it: {what_if}" + ("" if what_if.endswith(".") else ".")
+    return Conclusion("disagrees", text)
