@@ -274,7 +274,6 @@ class Dashboard:
         self.stop_button.disabled = False
         self._set_status(f"<b>starting</b> {relay_cfg.io}, TLS {relay_cfg.tls}, "
                          f"{relay_cfg.workers} worker(s)…")
-        self.live.run_label = f"{relay_cfg.io}/{relay_cfg.tls}/w{relay_cfg.workers}"
         self._thread = threading.Thread(target=self._body, args=(relay_cfg, load_cfg,
                                                                  self.control),
                                         name="labkit-dashboard-run", daemon=True)
