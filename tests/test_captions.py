@@ -108,3 +108,21 @@ def test_share_against_a_prediction() -> None:
     assert "predicted 0.75" in low.text
     near = captions.share_vs([0.70, 0.80, 0.74], 0.75, "cross-shard share")
     assert near.verdict == "agrees"
+
+
+def test_pays_from_finds_where_io_uring_starts_to_pay() -> None:
+    rows = []
+    # equal at 250 Mbit/s; io_uring cheaper at 1,000 and unpaced
+    for rate, e, u in ((250.0, 0.40, 0.40), (1000.0, 0.30, 0.15), (float("nan"), 0.25, 0.1)):
+        for i in range(3):
+            jitter = 0.01 * (i - 1)
+            rows += [{"io": "epoll", "rate_mbps": rate, "cpu_s_per_gbit": e + jitter},
+                     {"io": "uring", "rate_mbps": rate, "cpu_s_per_gbit": u - jitter / 2}]
+    df = pd.DataFrame(rows).assign(status="ok")
+    c = captions.pays_from(df, "epoll", "uring", label_b="io_uring")
+    assert "from 1,000 Mbit/s offered on" in c.text, c.text
+    assert "250 Mbit/s: 1×, CI 0.9" in c.text and "no significant difference" in c.text
+    assert "unpaced: 0.4×" in c.text
+    never = captions.pays_from(df.assign(cpu_s_per_gbit=np.where(
+        df["io"] == "uring", df["cpu_s_per_gbit"] * 5, df["cpu_s_per_gbit"])), "epoll", "uring")
+    assert "does not start to pay" in never.text

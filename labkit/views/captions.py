@@ -12,7 +12,9 @@ its numbers, its uncertainty and its verdict against what the mechanism predicts
   correlation, with p);
 - headroom(): did the relay keep up with the offered load, and how busy was it (the
   likely reason a CPU claim does not hold at a paced rate);
-- share_vs(): a measured share against a predicted one (notebook 05's cross-shard share).
+- share_vs(): a measured share against a predicted one (notebook 05's cross-shard share);
+- pays_from(): compare() at each offered rate, and from which rate on b is cheaper (the
+  efficiency curve's conclusion).
 
 Every number is written by labkit.views.fmt. A Conclusion prints as its text and renders
 as a short paragraph in a notebook.
@@ -241,3 +243,50 @@ def share_vs(measured: Sequence[float], predicted: float, what: str,
     if what_if:
         text += f" What-if that tests it: {what_if}" + ("" if what_if.endswith(".") else ".")
     return Conclusion("disagrees", text)
+
+
+def _rate_name(rate: float) -> str:
+    return "unpaced" if math.isnan(rate) else f"{fmt.number(rate)} Mbit/s"
+
+
+def pays_from(runs: pd.DataFrame, a: object, b: object, factor: str = "io",
+              metric: str = "cpu_s_per_gbit", label_a: str | None = None,
+              label_b: str | None = None) -> Conclusion:
+    """compare() of b against a at each offered rate (rate_mbps; unpaced last), and the
+    lowest rate from which b is significantly lower at that rate and every higher one:
+    "io_uring starts to pay at 1,000 Mbit/s offered", or that it does not at any rate
+    measured here."""
+    ok = _ok(runs)
+    la, lb = label_a or str(a), label_b or str(b)
+    name, _ = _what(metric)
+    rates = sorted(set(pd.to_numeric(ok["rate_mbps"], errors="coerce").dropna()))
+    if ok["rate_mbps"].isna().any():
+        rates.append(float("nan"))
+    per = []
+    for rate in rates:
+        at = ok[ok["rate_mbps"].isna()] if math.isnan(rate) else ok[ok["rate_mbps"] == rate]
+        per.append((rate, compare(at, metric, a, b, factor, la, lb)))
+    cheaper = [c.verdict == "measured" and c.ratio < 1 for _, c in per]
+    parts = []
+    for rate, c in per:
+        if c.verdict == "no data":
+            parts.append(f"{_rate_name(rate)}: no data")
+            continue
+        tag = ("lower" if c.ratio < 1 else "higher") if c.verdict == "measured" else \
+            "no significant difference"
+        ci = f", CI {fmt.interval(c.ratio_low, c.ratio_high)}×" if not math.isnan(
+            c.ratio_low) else ""
+        parts.append(f"{_rate_name(rate)}: {fmt.ratio(c.ratio)}{ci}, {fmt.pvalue(c.p)} "
+                     f"({tag})")
+    detail = f"{name[0].upper()}{name[1:]} of {lb} relative to {la} by offered rate — " \
+        + "; ".join(parts) + "."
+    start = next((i for i in range(len(per)) if all(cheaper[i:])), None)
+    if not per:
+        return Conclusion("no data", f"No successful runs of {la} and {lb} to compare.")
+    if start is None:
+        return Conclusion("measured", f"{lb} does not cost measurably less {name} than {la} "
+                          f"at the highest rate measured here, so it does not start to pay "
+                          f"in this range. {detail}")
+    where = ("at every rate measured" if start == 0 else
+             f"from {_rate_name(per[start][0])} offered on")
+    return Conclusion("measured", f"{lb} costs less {name} than {la} {where}. {detail}")

@@ -155,11 +155,11 @@ def tick_formatter() -> Any:
 
 
 def style_axes(fig: Any) -> Any:
-    """Every linear axis of a bokeh figure written by tick_formatter(); log axes keep
-    bokeh's own (it writes powers of ten plainly)."""
-    from bokeh.models import LinearAxis
+    """Every numeric (linear or log) axis of a bokeh figure written by tick_formatter();
+    categorical and datetime axes keep their own."""
+    from bokeh.models import LinearAxis, LogAxis
 
     for ax in (*fig.xaxis, *fig.yaxis):
-        if type(ax) is LinearAxis:
+        if type(ax) in (LinearAxis, LogAxis):
             ax.formatter = tick_formatter()
     return fig

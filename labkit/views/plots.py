@@ -626,6 +626,66 @@ def _shade_phases(f: Any, run_ts: pd.DataFrame) -> None:
                                        level="underlay"))
 
 
+def efficiency_curve(runs: pd.DataFrame, group: str = "io", metric: str = "cpu_s_per_gbit",
+                     caption: str | None = None, order: Sequence[Any] = ()) -> Any:
+    """`metric` (relay CPU-seconds per Gbit) against the offered rate, one line per `group`
+    (an I/O mode): every run a point, the line through the mean per offered rate with its
+    95 % CI. Unpaced runs sit at the rate they actually offered (open markers). x is log:
+    the rates span a decade or more."""
+    from labkit.lab.stats import summarize
+
+    ok = runs[runs["status"] == "ok"] if "status" in runs else runs
+    name, unit = FIGURES.get(metric, (metric, ""))
+    f = figure(title=f"Efficiency curve: {name} against offered load", height=380,
+               width=820, tools=_TOOLS, x_axis_type="log",
+               x_axis_label="offered rate (Mbit/s, log scale; unpaced: what the senders "
+                            "managed)", y_axis_label=f"{name} ({unit})")
+    groups = [g for g in order if g in set(ok[group])] or (_groups(ok, group)
+                                                            if not ok.empty else [])
+    items = []
+    for g in groups:
+        sub = ok[ok[group] == g].copy()
+        sub["paced"] = sub["rate_mbps"].notna() if "rate_mbps" in sub else True
+        colour = color_for(g, groups)
+        st = summarize(sub, by=["rate_mbps"], metrics=[metric, "offered_mbps"])
+        wide = st.pivot_table(index="rate_mbps", columns="metric", values=["mean", "ci_low",
+                              "ci_high"], dropna=False) if not st.empty else pd.DataFrame()
+        if not wide.empty:
+            pts = pd.DataFrame({
+                "x": wide[("mean", "offered_mbps")], "mean": wide[("mean", metric)],
+                "low": wide[("ci_low", metric)].fillna(wide[("mean", metric)]),
+                "high": wide[("ci_high", metric)].fillna(wide[("mean", metric)]),
+            }).dropna(subset=["x", "mean"]).sort_values("x")
+            pts["label"] = str(g)
+            src = _source(pts)
+            line = f.line("x", "mean", source=src, color=colour, line_width=2.5)
+            f.add_layout(Whisker(source=src, base="x", upper="high", lower="low",
+                                 line_color=colour))
+            f.add_tools(HoverTool(renderers=[line], tooltips=[
+                ("mode", "@label"), ("offered", "@x{0,0} Mbit/s"),
+                ("mean", f"@mean{{0,0.000}} {unit}"),
+                ("95% CI", "@low{0,0.000} – @high{0,0.000}")]))
+            items.append((str(g), [line]))
+        for paced, marker in ((True, "circle"), (False, "circle_x")):
+            part = sub[sub["paced"] == paced][["offered_mbps", metric, "run_id",
+                                               "loss_pct"]].dropna(subset=[metric])
+            if part.empty:
+                continue
+            part = part.assign(label=str(g), kind="paced" if paced else "unpaced")
+            dots = f.scatter("offered_mbps", metric, source=_source(part), color=colour,
+                             size=7, alpha=0.6, marker=marker)
+            f.add_tools(HoverTool(renderers=[dots], tooltips=[
+                ("mode", "@label"), ("run", "@run_id"), ("load", "@kind"),
+                ("offered", "@offered_mbps{0,0} Mbit/s"),
+                (name, f"@{metric}{{0,0.000}} {unit}"), ("loss", "@loss_pct{0.0} %")]))
+    if items:
+        f.add_layout(Legend(items=items, location="top_right"))
+    f.y_range.start = 0
+    return captioned(f, caption or "Each point is a run, each line the mean per offered rate "
+                     "with its 95 % CI; crossed circles are unpaced runs. Where one mode's "
+                     "line lies below another's, it does the same work on less CPU.")
+
+
 def comparison_figures(runs: pd.DataFrame, stats: pd.DataFrame,
                        timeseries: pd.DataFrame | None = None, group: str = "io") -> list[Any]:
     """The standard set for a sweep: syscalls/packet and CPU/Gbit bars, offered vs
