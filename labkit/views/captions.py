@@ -125,9 +125,7 @@ def compare(runs: pd.DataFrame, metric: str, a: object, b: object, factor: str =
                           + (f" (the expected story: {expect.story})." if expect else "."),
                           r, lo, hi, p)
     direction: Direction = "lower" if xb.mean() < xa.mean() else "higher"
-    times = r if direction == "higher" else 1 / r
-    said = (f"{name}: {lb} is {direction} than {la}, {fmt.ratio(times)} "
-            f"{'more' if direction == 'higher' else 'less'} ({numbers}).")
+    said = f"{name}: {lb} is {direction} than {la} ({numbers})."
     if expect is None:
         return Conclusion("measured", said, r, lo, hi, p)
     if direction == expect.direction:
