@@ -126,3 +126,11 @@ def test_pays_from_finds_where_io_uring_starts_to_pay() -> None:
     never = captions.pays_from(df.assign(cpu_s_per_gbit=np.where(
         df["io"] == "uring", df["cpu_s_per_gbit"] * 5, df["cpu_s_per_gbit"])), "epoll", "uring")
     assert "does not start to pay" in never.text
+
+
+def test_extremes_names_the_cheapest_and_dearest() -> None:
+    df = pd.DataFrame({"variant": ["epoll", "epoll + coalesce", "io_uring"],
+                       "cpu_s_per_gbit": [0.19, 0.15, 0.29], "status": "ok"})
+    c = captions.extremes(df, "cpu_s_per_gbit", "variant")
+    assert c.text.startswith("Lowest relay CPU-seconds per Gbit: epoll + coalesce, 0.15")
+    assert "highest: io_uring, 0.29 CPU·s/Gbit" in c.text

@@ -10,6 +10,7 @@ its numbers, its uncertainty and its verdict against what the mechanism predicts
   cannot tell (not significant);
 - follows(): does one figure rise with another across groups (Spearman's rank
   correlation, with p);
+- extremes(): which group measured lowest and highest on a figure;
 - headroom(): did the relay keep up with the offered load, and how busy was it (the
   likely reason a CPU claim does not hold at a paced rate);
 - share_vs(): a measured share against a predicted one (notebook 05's cross-shard share);
@@ -104,6 +105,7 @@ def compare(runs: pd.DataFrame, metric: str, a: object, b: object, factor: str =
     ok = _ok(runs)
     la, lb = label_a or str(a), label_b or str(b)
     name, unit = _what(metric)
+    name = name[0].upper() + name[1:]  # it starts the sentence
     xa, xb = _values(ok, factor, a, metric), _values(ok, factor, b, metric)
     if xa.empty or xb.empty:
         missing = la if xa.empty else lb
@@ -161,6 +163,20 @@ def follows(runs: pd.DataFrame, x: str, y: str, group: str, claim: str) -> Concl
                           f"{claim}, on this machine.", p=p)
     return Conclusion("disagrees", f"Across the {group}s, {ny} falls as {nx} rises ({said}): "
                       f"this machine contradicts “{claim}”.", p=p)
+
+
+def extremes(runs: pd.DataFrame, metric: str, group: str) -> Conclusion:
+    """The groups with the lowest and highest mean of `metric` ("lowest relay CPU per Gbit:
+    epoll + coalesce, 0.15 CPU·s/Gbit"), with how many runs each mean has."""
+    ok = _ok(runs)
+    name, unit = _what(metric)
+    m = ok.groupby(group)[metric].agg(["mean", "count"]).dropna() if metric in ok else None
+    if m is None or m.empty:
+        return Conclusion("no data", f"{name}: not measured.")
+    lo, hi = m["mean"].idxmin(), m["mean"].idxmax()
+    return Conclusion("measured", f"Lowest {name}: {lo}, {fmt.with_unit(m.loc[lo, 'mean'], unit)}"
+                      f" (mean of {int(m.loc[lo, 'count'])} run(s)); highest: {hi}, "
+                      f"{fmt.with_unit(m.loc[hi, 'mean'], unit)}.")
 
 
 def headroom(runs: pd.DataFrame) -> str:
