@@ -108,6 +108,13 @@ def test_share_against_a_prediction() -> None:
     assert "predicted 0.75" in low.text
     near = captions.share_vs([0.70, 0.80, 0.74], 0.75, "cross-shard share")
     assert near.verdict == "agrees"
+    one = captions.share_vs([0.5], 0.75, "cross-shard share")
+    assert one.verdict == "not significant" and "too few" in one.text
+    # counted in pairs: 4 of 8 pairs in one run is well within chance of 0.75
+    pairs = captions.share_vs([0.5], 0.75, "cross-shard share", trials=8)
+    assert pairs.verdict == "agrees" and "4 of 8 draws" in pairs.text
+    many = captions.share_vs([0.5] * 6, 0.75, "cross-shard share", trials=8)
+    assert many.verdict == "disagrees" and "24 of 48" in many.text
 
 
 def test_pays_from_finds_where_io_uring_starts_to_pay() -> None:

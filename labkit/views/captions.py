@@ -227,36 +227,46 @@ def kept_up(runs: pd.DataFrame) -> Conclusion:
 
 
 def share_vs(measured: Sequence[float], predicted: float, what: str,
-             reason: str = "", what_if: str = "") -> Conclusion:
-    """A measured share (0–1, one value per run) against a predicted one: the mean with a
-    t-interval clipped to [0, 1], and whether the prediction lies inside it."""
+             reason: str = "", what_if: str = "", trials: int | None = None) -> Conclusion:
+    """A measured share (0–1, one value per run) against a predicted one. With `trials`
+    (each run's share counts that many independent draws, e.g. 8 pairs that either cross
+    shards or not), an exact binomial test (scipy.stats.binomtest) of the pooled count and
+    its Clopper–Pearson CI; otherwise the t-interval of the mean, clipped to [0, 1]. Agrees
+    when the prediction lies inside the 95 % CI."""
     x = np.asarray(pd.to_numeric(pd.Series(list(measured)), errors="coerce").dropna(),
                    dtype=float)
     if not len(x):
         return Conclusion("no data", f"{what}: not measured.")
     mean = float(x.mean())
-    if len(x) >= 2 and x.std(ddof=1) > 0:
+    p = float("nan")
+    if trials:
+        k = int(np.rint(x * trials).sum())
+        test = sps.binomtest(k, trials * len(x), predicted)
+        ci = test.proportion_ci(0.95)
+        lo, hi, p = float(ci.low), float(ci.high), float(test.pvalue)
+        how = (f"{k} of {trials * len(x)} draws ({len(x)} run(s) × {trials}), binomial "
+               f"{fmt.pvalue(p)}")
+    elif len(x) >= 2 and x.std(ddof=1) > 0:
         lo, hi = sps.t.interval(0.95, len(x) - 1, loc=mean,
                                 scale=float(x.std(ddof=1)) / math.sqrt(len(x)))
         lo, hi = max(0.0, float(lo)), min(1.0, float(hi))
+        how = f"{len(x)} runs"
     else:
         lo = hi = float("nan")
-    ci = f" (95 % CI {fmt.interval(lo, hi)})" if not math.isnan(lo) else ""
-    said = (f"{what}: measured {fmt.number(mean, 2)}{ci} over {len(x)} run(s), "
-            f"predicted {fmt.number(predicted, 2)}")
+        how = f"{len(x)} run(s), too few for an interval"
+    ci_said = f", 95 % CI {fmt.interval(lo, hi)}" if not math.isnan(lo) else ""
+    said = (f"{what}: measured {fmt.number(mean, 2)}{ci_said} ({how}), predicted "
+            f"{fmt.number(predicted, 2)}")
     if math.isnan(lo):
-        close = abs(mean - predicted) <= 0.1
-        verdict: Verdict = "agrees" if close else "disagrees"
-    else:
-        verdict = "agrees" if lo <= predicted <= hi else "disagrees"
-    if verdict == "agrees":
-        return Conclusion("agrees", f"{said}: the prediction holds here.")
+        return Conclusion("not significant", f"{said}: too few runs to test the prediction.")
+    if lo <= predicted <= hi:
+        return Conclusion("agrees", f"{said}: the prediction holds here.", p=p)
     text = f"{said}: this machine disagrees with the prediction."
     if reason:
         text += f" Likely reason: {reason}" + ("" if reason.endswith(".") else ".")
     if what_if:
         text += f" What-if that tests it: {what_if}" + ("" if what_if.endswith(".") else ".")
-    return Conclusion("disagrees", text)
+    return Conclusion("disagrees", text, p=p)
 
 
 def _rate_name(rate: float) -> str:
