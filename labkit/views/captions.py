@@ -246,9 +246,10 @@ def share_vs(measured: Sequence[float], predicted: float, what: str,
         lo, hi, p = float(ci.low), float(ci.high), float(test.pvalue)
         how = (f"{k} of {trials * len(x)} draws ({len(x)} run(s) × {trials}), binomial "
                f"{fmt.pvalue(p)}")
-    elif len(x) >= 2 and x.std(ddof=1) > 0:
-        lo, hi = sps.t.interval(0.95, len(x) - 1, loc=mean,
-                                scale=float(x.std(ddof=1)) / math.sqrt(len(x)))
+    elif len(x) >= 2:
+        sd = float(x.std(ddof=1))
+        lo, hi = sps.t.interval(0.95, len(x) - 1, loc=mean, scale=sd / math.sqrt(len(x))) \
+            if sd > 0 else (mean, mean)
         lo, hi = max(0.0, float(lo)), min(1.0, float(hi))
         how = f"{len(x)} runs"
     else:
@@ -260,7 +261,8 @@ def share_vs(measured: Sequence[float], predicted: float, what: str,
     if math.isnan(lo):
         return Conclusion("not significant", f"{said}: too few runs to test the prediction.")
     if lo <= predicted <= hi:
-        return Conclusion("agrees", f"{said}: the prediction holds here.", p=p)
+        return Conclusion("agrees", f"{said}: the prediction lies inside the interval, so "
+                          "this machine does not contradict it.", p=p)
     text = f"{said}: this machine disagrees with the prediction."
     if reason:
         text += f" Likely reason: {reason}" + ("" if reason.endswith(".") else ".")

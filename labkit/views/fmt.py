@@ -73,7 +73,8 @@ def interval(lo: Any, hi: Any, unit: str = "") -> str:
     """"0.19–0.29 CPU·s/Gbit" (an en dash; "n/a" when either end is unknown)."""
     if missing(lo) or missing(hi):
         return NA
-    return f"{number(lo)}–{number(hi)}" + (f" {unit}" if unit else "")
+    span = number(lo) if number(lo) == number(hi) else f"{number(lo)}–{number(hi)}"
+    return span + (f" {unit}" if unit else "")
 
 
 def pvalue(p: Any) -> str:
