@@ -76,6 +76,11 @@ def test_run_fills_the_table_and_the_live_figure() -> None:
     assert row["status"] == "ok" and row["io"] == "uring" and row["mbps"] > 50
     assert "batch" in row["switches"]
     assert len(d.live.source.data["mbps"]) > before + 3, "the live figure's source grew"
+    # experiment.run marked the run on the panel: a band named after its mode
+    from bokeh.models import Label
+
+    names = [a.text for a in d.live.figures[0].center if isinstance(a, Label)]
+    assert names and names[-1].startswith("io_uring"), names
     assert "<table" in d.table.value and "done" in d.status.value
     assert not d.run_button.disabled and d.stop_button.disabled
     d.rate.value = 50  # a second run: the table grows
