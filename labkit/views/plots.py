@@ -237,10 +237,10 @@ class LivePanel:
         self._runs: list[_RunBand] = []
         caption = Div(text=f'<div class="labkit-caption" style="{CAPTION_CSS}">Live, '
                       "one point per sampler tick (x: seconds since the panel opened). "
-                      "Each coloured band is one run, named at the top with its mode; the "
-                      "grey part of a band is warm-up or drain (not counted in any "
-                      "figure), the clear part the measured window. Lines break between "
-                      "runs. Compare syscalls/s and CPU % across bands at the same "
+                      "Each coloured band is one run, named with its mode in the first "
+                      "plot; the grey part of a band is start-up and warm-up, or drain (not "
+                      "counted in any figure), the clear part the measured window. Lines "
+                      "break between runs. Compare syscalls/s and CPU % across bands at the same "
                       "Mbit/s.</div>", name="caption")
         self.layout = column(gridplot([[f] for f in self.figures], toolbar_location="right",
                                       merge_tools=True), caption)
