@@ -179,50 +179,76 @@ def extremes(runs: pd.DataFrame, metric: str, group: str) -> Conclusion:
                       f"{fmt.with_unit(m.loc[hi, 'mean'], unit)}.")
 
 
-def headroom(runs: pd.DataFrame) -> str:
-    """Did the relay keep up with the offered load, and how busy was it? One clause from
-    the runs (delivered share of offered, loss, relay CPU % of one core), e.g. the likely
-    reason CPU per Gbit does not follow the syscall count at a paced rate."""
+@dataclass(frozen=True)
+class _Carried:
+    """What a set of runs carried: delivered and offered Mbit/s, loss, relay CPU."""
+
+    delivered: pd.Series
+    offered: pd.Series
+    asked: pd.Series  # the paced target (NaN: unpaced)
+    loss: pd.Series
+    cpu: pd.Series
+
+    @property
+    def kept_up(self) -> bool:
+        """Paced, and every run delivered what its senders offered (98 %, under 0.5 % loss)."""
+        share = (self.delivered / self.offered).dropna()
+        return (bool(self.asked.notna().all()) and not share.empty and share.min() >= 0.98
+                and self.loss.max() < 0.5)
+
+    def said(self) -> str:
+        text = (f"delivered {fmt.interval(self.delivered.min(), self.delivered.max())} Mbit/s "
+                f"of {fmt.interval(self.offered.min(), self.offered.max())} Mbit/s offered, "
+                f"loss up to {fmt.number(self.loss.max())} %")
+        short = (self.offered < 0.95 * self.asked).any()
+        if short:  # the senders themselves fell short of the paced target
+            text += (f" (the senders reached {fmt.number(self.offered.min())} of the "
+                     f"{fmt.number(self.asked.max())} Mbit/s asked for: the load generator "
+                     "shares this machine)")
+        if self.cpu.notna().any():
+            busy = fmt.interval(self.cpu.min(), self.cpu.max())
+            text += f", the relay using {busy} % of one core"
+        return text
+
+
+def _carried(runs: pd.DataFrame) -> _Carried | None:
     ok = _ok(runs)
     if ok.empty or "mbps" not in ok:
+        return None
+
+    def col(name: str) -> pd.Series:
+        return pd.to_numeric(ok[name], errors="coerce") if name in ok else \
+            pd.Series(float("nan"), index=ok.index)
+
+    return _Carried(col("mbps"), col("offered_mbps"), col("rate_mbps"), col("loss_pct"),
+                    col("relay_cpu_pct"))
+
+
+def headroom(runs: pd.DataFrame) -> str:
+    """Did the relay keep up with the offered load, and how busy was it? One clause from
+    the runs (delivered against offered, loss, relay CPU % of one core): the likely reason
+    CPU per Gbit need not follow the syscall count at a paced rate."""
+    c = _carried(runs)
+    if c is None:
         return "no successful run to say how loaded the relay was"
-    delivered = pd.to_numeric(ok["mbps"], errors="coerce")
-    offered = pd.to_numeric(ok.get("offered_mbps", pd.Series(dtype=float)), errors="coerce")
-    cpu = pd.to_numeric(ok.get("relay_cpu_pct", pd.Series(dtype=float)), errors="coerce")
-    loss = pd.to_numeric(ok.get("loss_pct", pd.Series(dtype=float)), errors="coerce")
-    share = (delivered / offered).dropna()
-    paced = "rate_mbps" in ok and pd.to_numeric(ok["rate_mbps"], errors="coerce").notna().all()
-    kept_up = paced and not share.empty and share.min() >= 0.98 and loss.max() < 0.5
-    cpu_said = (f"the relay using {fmt.interval(cpu.min(), cpu.max())} % of one core"
-                if cpu.notna().any() else "relay CPU not measured")
-    if kept_up:
-        return (f"every run delivered {fmt.interval(100 * share.min(), 100 * share.max())} % "
-                f"of the offered load with at most {fmt.number(loss.max())} % loss, "
-                f"{cpu_said}: the relay kept up and was not CPU-bound, so a mode that "
-                "crosses into the kernel less can still spend its saved time elsewhere "
-                "(waking up per completion, polling)")
-    return (f"runs delivered {fmt.interval(delivered.min(), delivered.max())} Mbit/s with "
-            f"up to {fmt.number(loss.max())} % loss, {cpu_said}: the relay ran at or near "
-            "its capacity")
+    if c.kept_up:
+        return (f"every run {c.said()}: the relay kept up and was not CPU-bound, so a mode "
+                "that crosses into the kernel less can spend the time it saves waking up "
+                "per completion instead")
+    return f"runs {c.said()}: the relay ran at or near its capacity"
 
 
 def kept_up(runs: pd.DataFrame) -> Conclusion:
     """Whether a paced run's relays carried everything offered (the claim "more than this
     machine can carry" is tested here, not written ahead of the run)."""
-    ok = _ok(runs)
-    if ok.empty:
+    c = _carried(runs)
+    if c is None:
         return Conclusion("no data", "No successful run: nothing to say about capacity.")
-    share = (pd.to_numeric(ok["mbps"], errors="coerce")
-             / pd.to_numeric(ok["offered_mbps"], errors="coerce")).dropna()
-    loss = pd.to_numeric(ok["loss_pct"], errors="coerce")
-    said = (f"delivered {fmt.interval(ok['mbps'].min(), ok['mbps'].max())} Mbit/s of "
-            f"{fmt.interval(ok['offered_mbps'].min(), ok['offered_mbps'].max())} Mbit/s "
-            f"offered, loss up to {fmt.number(loss.max())} %")
-    if not share.empty and share.min() >= 0.98 and loss.max() < 0.5:
-        return Conclusion("measured", f"Every run {said}: at this rate the relay keeps up in "
-                          "every mode, so the comparison is of cost (CPU, syscalls) for the "
+    if c.kept_up:
+        return Conclusion("measured", f"Every run {c.said()}: at this rate the relay keeps up "
+                          "in every mode, so the comparison is of cost (CPU, syscalls) for the "
                           "same work, not of capacity.")
-    return Conclusion("measured", f"Runs {said}: at least one mode could not carry this "
+    return Conclusion("measured", f"Runs {c.said()}: at least one mode could not carry this "
                       "rate, so its figures are those of a saturated relay.")
 
 
