@@ -128,11 +128,16 @@ def test_pays_from_finds_where_io_uring_starts_to_pay() -> None:
     df = pd.DataFrame(rows).assign(status="ok")
     c = captions.pays_from(df, "epoll", "uring", label_b="io_uring")
     assert "from 1,000 Mbit/s offered on" in c.text, c.text
-    assert "250 Mbit/s: 1×, CI 0.9" in c.text and "no significant difference" in c.text
+    assert "250 Mbit/s: 1×, CI 0.9" in c.text and "cannot tell at 250 Mbit/s" in c.text
     assert "unpaced: 0.4×" in c.text
     never = captions.pays_from(df.assign(cpu_s_per_gbit=np.where(
         df["io"] == "uring", df["cpu_s_per_gbit"] * 5, df["cpu_s_per_gbit"])), "epoll", "uring")
-    assert "does not start to pay" in never.text
+    assert "at no rate measured here; more at 250 Mbit/s, 1,000 Mbit/s, unpaced" in never.text
+    # cheaper in the middle only: said where, not "from … on"
+    gap = df[df["rate_mbps"] != 250].copy()
+    gap.loc[gap["rate_mbps"].isna(), "cpu_s_per_gbit"] = 0.25
+    mid = captions.pays_from(gap, "epoll", "uring", label_b="io_uring")
+    assert "less relay CPU-seconds per Gbit than epoll at 1,000 Mbit/s;" in mid.text, mid.text
 
 
 def test_extremes_names_the_cheapest_and_dearest() -> None:

@@ -165,7 +165,9 @@ def test_notebook_02_says_when_the_data_contradicts_the_story(
             "CPU per Gbit than epoll)") in text, text[-3000:]
     assert "Likely reason:" in text and "What-if that tests it:" in text
     assert "As expected: io_uring spends less relay CPU" not in text
-    assert "io_uring does not cost measurably less relay CPU" in text, text[-3000:]
+    assert ("io_uring costs significantly less relay CPU-seconds per Gbit than epoll at no "
+            "rate measured here; more at 500 Mbit/s, 2,000 Mbit/s, unpaced") in text, \
+        text[-3000:]
     assert "As expected: io_uring makes fewer system calls per packet" in text
     assert "checks passed" in text
 

@@ -304,10 +304,9 @@ def _rate_name(rate: float) -> str:
 def pays_from(runs: pd.DataFrame, a: object, b: object, factor: str = "io",
               metric: str = "cpu_s_per_gbit", label_a: str | None = None,
               label_b: str | None = None) -> Conclusion:
-    """compare() of b against a at each offered rate (rate_mbps; unpaced last), and the
-    lowest rate from which b is significantly lower at that rate and every higher one:
-    "io_uring starts to pay at 1,000 Mbit/s offered", or that it does not at any rate
-    measured here."""
+    """compare() of b against a at each offered rate (rate_mbps; unpaced last), summed up:
+    where b is significantly lower ("from 1,000 Mbit/s offered on" when that holds for
+    every higher rate too), where significantly higher, and where this run cannot tell."""
     ok = _ok(runs)
     la, lb = label_a or str(a), label_b or str(b)
     name, _ = _what(metric)
@@ -318,27 +317,34 @@ def pays_from(runs: pd.DataFrame, a: object, b: object, factor: str = "io",
     for rate in rates:
         at = ok[ok["rate_mbps"].isna()] if math.isnan(rate) else ok[ok["rate_mbps"] == rate]
         per.append((rate, compare(at, metric, a, b, factor, la, lb)))
-    cheaper = [c.verdict == "measured" and c.ratio < 1 for _, c in per]
-    parts = []
-    for rate, c in per:
-        if c.verdict == "no data":
-            parts.append(f"{_rate_name(rate)}: no data")
-            continue
-        tag = ("lower" if c.ratio < 1 else "higher") if c.verdict == "measured" else \
-            "no significant difference"
-        ci = f", CI {fmt.interval(c.ratio_low, c.ratio_high)}×" if not math.isnan(
-            c.ratio_low) else ""
-        parts.append(f"{_rate_name(rate)}: {fmt.ratio(c.ratio)}{ci}, {fmt.pvalue(c.p)} "
-                     f"({tag})")
-    detail = f"{name[0].upper()}{name[1:]} of {lb} relative to {la} by offered rate — " \
-        + "; ".join(parts) + "."
-    start = next((i for i in range(len(per)) if all(cheaper[i:])), None)
+    per = [(rate, c) for rate, c in per if c.verdict != "no data"]
     if not per:
         return Conclusion("no data", f"No successful runs of {la} and {lb} to compare.")
-    if start is None:
-        return Conclusion("measured", f"{lb} does not cost measurably less {name} than {la} "
-                          f"at the highest rate measured here, so it does not start to pay "
-                          f"in this range. {detail}")
-    where = ("at every rate measured" if start == 0 else
-             f"from {_rate_name(per[start][0])} offered on")
-    return Conclusion("measured", f"{lb} costs less {name} than {la} {where}. {detail}")
+    lower = [rate for rate, c in per if c.verdict == "measured" and c.ratio < 1]
+    higher = [rate for rate, c in per if c.verdict == "measured" and c.ratio >= 1]
+    unclear = [rate for rate, c in per if c.verdict != "measured"]
+    parts = []
+    for rate, c in per:
+        ci = f", CI {fmt.interval(c.ratio_low, c.ratio_high)}×" if not math.isnan(
+            c.ratio_low) else ""
+        parts.append(f"{_rate_name(rate)}: {fmt.ratio(c.ratio)}{ci}, {fmt.pvalue(c.p)}")
+    detail = (f"{name[0].upper()}{name[1:]} of {lb} relative to {la} by offered rate — "
+              + "; ".join(parts) + ".")
+
+    def rates_said(rs: list[float]) -> str:
+        return ", ".join(_rate_name(r) for r in rs)
+
+    tail = [rate for rate, _ in per][-len(lower):] if lower else []
+    if lower and [_rate_name(r) for r in lower] == [_rate_name(r) for r in tail]:
+        where = ("at every rate measured" if len(lower) == len(per) else
+                 f"from {_rate_name(lower[0])} offered on")
+        text = f"{lb} costs significantly less {name} than {la} {where}"
+    elif lower:
+        text = f"{lb} costs significantly less {name} than {la} at {rates_said(lower)}"
+    else:
+        text = f"{lb} costs significantly less {name} than {la} at no rate measured here"
+    if higher:
+        text += f"; more at {rates_said(higher)}"
+    if unclear:
+        text += f"; this run cannot tell at {rates_said(unclear)} (not significant)"
+    return Conclusion("measured", f"{text}. {detail}")

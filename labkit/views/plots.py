@@ -61,11 +61,19 @@ CAPTION_CSS = "font-size: 13px; color: #444; margin: 2px 0 18px 6px; max-width: 
 _TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
 
 
+# Colours for groups that are not the two modes: Category10 without the modes' blue and red,
+# so no other group is mistaken for epoll or io_uring
+_OTHER_COLORS = tuple(c for c in Category10_10 if c not in MODE_COLORS.values())
+
+
 def color_for(value: Any, order: Sequence[Any] = ()) -> str:
-    if value in MODE_COLORS:
-        return MODE_COLORS[value]
-    idx = list(order).index(value) if value in order else hash(str(value))
-    return Category10_10[(idx + 2) % len(Category10_10)]
+    """A mode's own colour (by io value or display name), else a stable other colour."""
+    for io, name in MODE_NAMES.items():
+        if value in (io, name):
+            return MODE_COLORS[io]
+    others = [v for v in order if not any(v in pair for pair in MODE_NAMES.items())]
+    idx = others.index(value) if value in others else sum(map(ord, str(value)))
+    return _OTHER_COLORS[idx % len(_OTHER_COLORS)]
 
 
 def captioned(fig: Any, caption: str) -> Any:
