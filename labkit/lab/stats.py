@@ -1,6 +1,7 @@
 """The statistics of a set of runs: mean, median and a t-distribution 95 % CI per group
-(summarize), and Welch's t-test between two modes (welch). Only runs with status "ok"
-count; nothing statistical is computed by hand (scipy.stats).
+(summarize; a lower bound below zero is cut at 0, since no figure here can be negative),
+Welch's t-test between two modes (welch), and the CI of a ratio of means on the log scale
+(ratio_ci). Only runs with status "ok" count; the distributions are scipy.stats'.
 """
 
 from __future__ import annotations
