@@ -1,7 +1,8 @@
 """labkit: a performance lab around a DERP relay written in C.
 
 Public entry points: `labkit.build()` rebuilds the native module, `RelayConfig` describes
-a relay, `Relay` runs one in its own process, `Load` runs the load generator against it,
+a relay, `Relay` runs one in its own process, `ExternalRelay` any other DERP relay program
+(derper, Hyper-DERP: labkit.procs.presets), `Load` runs the load generator against it,
 `labkit.run()` measures one run and `labkit.sweep()` a grid of them, `labkit.summarize()`
 and `labkit.welch()` compare runs, `labkit.caps()` says what this machine can do
 (io_uring, kTLS, perf, py-spy, the UML sandbox), `labkit.profile()` draws a flame graph.
@@ -20,6 +21,8 @@ _LAZY = {
     "RelayConfig": "labkit.config",
     "Relay": "labkit.procs.relay", "RelayCrashed": "labkit.procs.relay",
     "RelayError": "labkit.procs.relay", "RelayStartTimeout": "labkit.procs.relay",
+    "ExternalRelay": "labkit.procs.external",  # any DERP relay program under test
+    "ExternalRelayFailed": "labkit.procs.external",
     "Load": "labkit.procs.load", "LoadConfig": "labkit.procs.load",
     "LoadError": "labkit.procs.load", "LoadFailed": "labkit.procs.load",
     "LoadResult": "labkit.procs.load",

@@ -386,6 +386,21 @@ def check_shaping() -> Capability:
     return Capability("shaping", *qdisc.doctor_check())
 
 
+def check_external_relays() -> list[Capability]:
+    """The external relays labkit has presets for (derper, Hyper-DERP): found or not, their
+    versions, how to install a missing one. Absent is "?" (not a fault of this machine)."""
+    from labkit import relay_binaries
+
+    out = []
+    for b in relay_binaries.present().values():
+        if b.path:
+            out.append(Capability(f"relay:{b.preset}", True, f"{b.path}: {b.version}"))
+        else:
+            out.append(Capability(f"relay:{b.preset}", None, "not installed: its runs in "
+                                  "notebook 09 are skipped", b.install))
+    return out
+
+
 CHECKS = (check_kernel, check_cpus, check_io_uring, check_ktls, check_perf, check_pyspy,
           check_sandbox, check_shaping)
 
@@ -395,7 +410,7 @@ def probe(fresh: bool = False) -> Caps:
     fresh=True repeats checks that are cached across processes (the sandbox boot)."""
     items = [check_sandbox(fresh) if check is check_sandbox else check() for check in CHECKS]
     uring = next(c for c in items if c.name == "io_uring")
-    return Caps(items + check_switches(uring))
+    return Caps(items + check_switches(uring) + check_external_relays())
 
 
 @functools.cache

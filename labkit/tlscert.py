@@ -12,11 +12,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def self_signed(directory: str | Path | None = None) -> tuple[Path, Path]:
+def self_signed(directory: str | Path | None = None, stem: str = "relay") -> tuple[Path, Path]:
     """Write an EC P-256 certificate for localhost and 127.0.0.1 plus its key.
 
-    The files go into `directory`, or a fresh 0700 temporary directory; the key file is
-    0600 from the moment it exists. Returns (cert_file, key_file).
+    The files go into `directory`, or a fresh 0700 temporary directory, as STEM.crt and
+    STEM.key (derper's manual mode looks for HOSTNAME.crt); the key file is 0600 from the
+    moment it exists. Returns (cert_file, key_file).
     """
     d = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="labkit-tls-"))
     key = ec.generate_private_key(ec.SECP256R1())
@@ -40,7 +41,7 @@ def self_signed(directory: str | Path | None = None) -> tuple[Path, Path]:
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    cert_file, key_file = d / "relay.crt", d / "relay.key"
+    cert_file, key_file = d / f"{stem}.crt", d / f"{stem}.key"
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

@@ -25,6 +25,10 @@ _SUMMARY = (("mbps", "Mbit/s delivered", ".1f"), ("loss_pct", "% loss", ".2f"),
             ("cpu_s_per_gbit", "relay CPU·s/Gbit", ".3f"),
             ("relay_cpu_pct", "relay CPU %", ".1f"),
             ("lat_p50_us", "latency p50 µs", ".1f"), ("lat_p99_us", "latency p99 µs", ".1f"))
+# per packet the load generator received: the figures every relay, external too, has
+_DELIVERED = (("delivered_perf_syscalls_per_packet", "syscalls/delivered packet (perf)", ".3f"),
+              ("delivered_ctx_switches_per_packet", "ctx switches/delivered packet", ".4f"),
+              ("delivered_cpu_s_per_gbit", "relay CPU·s/delivered Gbit", ".3f"))
 
 
 def add_commands(sub: Any) -> None:
@@ -37,6 +41,8 @@ def add_commands(sub: Any) -> None:
                          "pinned to different CPUs where possible), measure a window after "
                          "a warm-up, print the derived figures and store the run.")
     add_relay_arguments(run.add_argument_group("relay"))
+    _add_external_args(run.add_argument_group(
+        "external relay (instead of labkit's: any DERP relay program)"))
     g = run.add_argument_group("load")
     add_load_arguments(g)
     _add_measure_args(run)
@@ -45,7 +51,8 @@ def add_commands(sub: Any) -> None:
     run.add_argument("--warmup", type=float, default=0.5, metavar="S",
                      help="seconds of load before the window, not measured")
     run.add_argument("--json", action="store_true", help="print the summary row as JSON")
-    run.set_defaults(_field_flags={"rate_mbps": "--rate"})
+    run.set_defaults(_field_flags={"rate_mbps": "--rate", "command": "--relay-cmd",
+                                   "cores": "--relay-cores", "ca_file": "--relay-ca"})
 
     sweep = sub.add_parser("sweep", help="a grid of runs with interleaved repeats",
                            description="Run the grid of a TOML sweep file (see bench/*.toml) "
@@ -72,6 +79,51 @@ def add_commands(sub: Any) -> None:
     report.add_argument("runs", nargs="+", metavar="RUNS", help="parquet files or directories")
     report.add_argument("-o", "--output", required=True, metavar="report.html")
     report.add_argument("--title", default=None)
+
+
+def _add_external_args(g: Any) -> None:
+    from labkit.procs.presets import PRESETS
+
+    g.add_argument("--relay-cmd", metavar="CMD", default=None,
+                   help="run this relay program instead (shell words, no shell): {port} is "
+                   "replaced by a free loopback port, {host} by 127.0.0.1, {state} by a "
+                   "fresh directory, {cert}/{key}/{certdir} by labkit's certificate with "
+                   "--relay-tls; e.g. 'derper -a {host}:{port} -stun=false -c "
+                   "{state}/k.json'")
+    g.add_argument("--relay-preset", choices=sorted(PRESETS), default=None,
+                   help="a known relay on PATH: derper (plain), derper-tls (labkit's "
+                   "certificate), hyper-derp (plain); `labkit doctor` says which are here")
+    g.add_argument("--relay-name", default=None, metavar="NAME",
+                   help="how results name the --relay-cmd relay (default: its program)")
+    g.add_argument("--relay-tls", action="store_true",
+                   help="the --relay-cmd relay speaks TLS (labkit makes its certificate "
+                   "unless --relay-ca gives the one to trust)")
+    g.add_argument("--relay-ca", default=None, metavar="PEM",
+                   help="certificate the load generator trusts for a --relay-tls relay")
+    g.add_argument("--relay-cores", type=int, default=1, metavar="N",
+                   help="relay CPUs an external relay is pinned to")
+
+
+def _external_relay(args: argparse.Namespace) -> Any:
+    """The ExternalRelay of --relay-cmd/--relay-preset, or None for labkit's relay."""
+    import shlex
+
+    from labkit.procs.external import ExternalRelay
+    from labkit.procs.presets import PRESETS
+
+    if args.relay_cmd is not None and args.relay_preset is not None:
+        raise ConfigError("give --relay-cmd or --relay-preset, not both")
+    if args.relay_preset is not None:
+        return PRESETS[args.relay_preset]()
+    if args.relay_cmd is None:
+        return None
+    try:
+        argv = shlex.split(args.relay_cmd)
+    except ValueError as e:
+        raise ConfigError(f"--relay-cmd {args.relay_cmd!r}: {e}") from None
+    name = args.relay_name or (os.path.basename(argv[0]) if argv else "external")
+    return ExternalRelay(command=tuple(argv), name=name, tls=args.relay_tls,
+                         ca_file=args.relay_ca, cores=args.relay_cores)
 
 
 def _add_measure_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
@@ -153,8 +205,9 @@ def _run(args: argparse.Namespace) -> int:
     from labkit.lab import experiment
     from labkit.procs.load import LoadConfig
 
-    relay = RelayConfig(io=args.io, tls=args.tls, workers=args.workers,
-                        **{s: getattr(args, s) for s in SWITCHES})
+    relay = _external_relay(args) or RelayConfig(
+        io=args.io, tls=args.tls, workers=args.workers,
+        **{s: getattr(args, s) for s in SWITCHES})
     load = LoadConfig(pairs=args.pairs, size=args.size, rate_mbps=args.rate,
                       threads=args.threads, duration=args.duration, warmup=args.warmup)
     store = _store_arg(args)
@@ -165,7 +218,8 @@ def _run(args: argparse.Namespace) -> int:
     def tick(row: dict[str, float]) -> None:
         nonlocal bar
         if bar is None:  # the run has started
-            bar = tqdm(total=round(args.warmup + args.duration, 1), desc=args.io, unit="s",
+            bar = tqdm(total=round(args.warmup + args.duration, 1),
+                       desc=experiment.relay_name(relay), unit="s",
                        disable=not args.progress,
                        bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s {postfix}")
         bar.n = min(round(row["t"], 1), bar.total)
@@ -183,9 +237,12 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps({k: _jsonable(v) for k, v in s.items()}))
     else:
         print(f"run {s['run_id']}: {result.status}" + (f" ({s['pinning']})" if result.ok else ""))
+        print(f"relay {s['relay']}: {s['relay_settings']}")
         if result.ok:
-            for key, label, fmt in _SUMMARY:
-                print(f"  {label:<32} {format(float(s[key]), fmt)}")
+            for key, label, fmt in _SUMMARY + _DELIVERED:
+                v = float(s[key])
+                text = format(v, fmt) if v == v else "not available for this relay"
+                print(f"  {label:<32} {text}")
         if result.path is not None:
             print(f"stored: {result.path}")
     if not result.ok:
@@ -226,14 +283,22 @@ def _sweep(args: argparse.Namespace) -> int:
         kw["store"] = _store_arg(args, kw.get("store", True))
     result = experiment.sweep(**kw, resume=args.resume, progress=args.progress)
     print(result)
+    for name, settings in result.fairness.get("relays", {}).items():
+        print(f"relay {name}: {settings}")
+    if result.fairness:
+        print("same for every relay: " + "; ".join(result.fairness["same_for_every_relay"]))
+        for note in result.fairness["unequal"]:
+            print(f"NOT EQUAL: {note}")
     if not result.stats.empty:
         headline = result.stats[result.stats["metric"].isin(
-            ["mbps", "syscalls_per_packet", "cpu_s_per_gbit", "loss_pct"])]
+            ["mbps", "syscalls_per_packet", "cpu_s_per_gbit", "loss_pct",
+             "delivered_cpu_s_per_gbit", "delivered_perf_syscalls_per_packet"])]
         with pd.option_context("display.width", 160, "display.max_columns", 20):
             print(headline.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if not result.comparisons.empty:
         c = result.comparisons
-        c = c[c["metric"].isin(["syscalls_per_packet", "cpu_s_per_gbit", "mbps"])]
+        c = c[c["metric"].isin(["syscalls_per_packet", "cpu_s_per_gbit", "mbps",
+                                "delivered_cpu_s_per_gbit"])]
         print("\nWelch's t-test (b vs a):")
         with pd.option_context("display.width", 160, "display.max_columns", 20):
             print(c.drop(columns=["factor"]).to_string(index=False,

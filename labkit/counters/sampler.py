@@ -177,11 +177,16 @@ class Sampler:
             self.sources["relay"] = "no relay given"
             self.sources["proc.relay"] = "no relay given"
             return
-        try:
-            self._relay_shm = _ShmSource(self.relay, "relay")
-            self.sources["relay"] = "live"
-        except CounterLayoutError as e:
-            self.sources["relay"] = f"unavailable: {e}"
+        if getattr(self.relay, "shm_name", None) is None:
+            # an external relay (labkit.procs.external): its figures come from /proc and perf
+            self.sources["relay"] = ("not available for this relay: it has no labkit "
+                                     "shared-memory counters")
+        else:
+            try:
+                self._relay_shm = _ShmSource(self.relay, "relay")
+                self.sources["relay"] = "live"
+            except CounterLayoutError as e:
+                self.sources["relay"] = f"unavailable: {e}"
         if self.procfs:
             self._relay_proc = ProcThreads(self.relay.pid)
             self._relay_proc.sample()

@@ -14,6 +14,12 @@ result says how), the one Sampler (labkit.counters.sampler) records the time ser
 the run lasts, and the window figures (labkit.lab.window) come from counter snapshots
 taken exactly at the measured window's edges (load ready + warm-up, and that + duration).
 
+The relay under test is labkit's (a RelayConfig) or any DERP relay program (an
+ExternalRelay: derper, Hyper-DERP, labkit.procs.presets), measured from outside: its
+shared-memory-only figures are NaN and named in the summary's `unavailable`, and the
+delivered_* figures (per packet the load generator received) are the ones every relay has.
+`sweep(relays=[…])` compares several under the same load, CPUs and windows.
+
 A failed run (the relay or the load generator died or refused to start) is a Result with
 status "failed", the error and the failing process's stderr tail. `run(check=True)`, the
 default, raises RunFailed carrying that Result; a sweep records it and goes on.
@@ -56,8 +62,12 @@ from labkit.lab.result import Result, RunFailed, SweepResult
 from labkit.lab.stats import summarize, welch
 from labkit.problems import Problem, raise_if
 from labkit.procs import pinning
+from labkit.procs.external import ExternalRelay, ExternalRelayProcess
 from labkit.procs.load import Load, LoadConfig, LoadError
 from labkit.procs.relay import Relay, RelayError
+
+# What a run measures: labkit's relay (a RelayConfig) or any DERP relay program.
+RelayUnderTest = RelayConfig | ExternalRelay
 
 # RelayConfig fields a summary row carries (tidy columns a sweep can group by).
 _RELAY_COLUMNS = ("io", "tls", "workers", *SWITCHES, "pin_cpus", "queue_depth",
@@ -125,9 +135,31 @@ def _new_run_id(prefix: str = "run") -> str:
     return f"{prefix}-{stamp}-{secrets.token_hex(3)}"
 
 
-def _config_columns(relay_cfg: RelayConfig, load_cfg: LoadConfig) -> dict[str, Any]:
+def relay_name(cfg: RelayUnderTest) -> str:
+    """How results name a relay under test: an external relay's own name, else
+    "labkit-<io>" with its TLS mode and worker count where they are not the defaults."""
+    if isinstance(cfg, ExternalRelay):
+        return cfg.name
+    name = f"labkit-{cfg.io}"
+    if cfg.tls != "off":
+        name += f"-{cfg.tls}"
+    return name + (f"-{cfg.workers}w" if cfg.workers != 1 else "")
+
+
+def relay_settings(cfg: RelayUnderTest) -> str:
+    """The relay's own settings, printed beside its figures."""
+    if isinstance(cfg, ExternalRelay):
+        return cfg.settings_text()
+    r = cfg.to_dict()
+    return ", ".join(f"{k}={r[k]}" for k in _RELAY_COLUMNS if r.get(k) is not None)
+
+
+def _config_columns(relay_cfg: RelayUnderTest, load_cfg: LoadConfig) -> dict[str, Any]:
     r = relay_cfg.to_dict()
-    cols: dict[str, Any] = {k: r[k] for k in _RELAY_COLUMNS}
+    # an external relay has none of the switches or pool sizes: None, not a made-up value
+    cols: dict[str, Any] = {k: r.get(k) for k in _RELAY_COLUMNS}
+    cols["relay"] = relay_name(relay_cfg)
+    cols["relay_settings"] = relay_settings(relay_cfg)
     lo = load_cfg.to_dict()
     for k, col in _LOAD_COLUMNS.items():
         cols[col] = lo[k]
@@ -153,7 +185,7 @@ def _validate_load_template(cfg: LoadConfig) -> LoadConfig:
     return cfg
 
 
-def check_run(relay: RelayConfig, load: LoadConfig, *, hz: float = 10.0,
+def check_run(relay: RelayUnderTest, load: LoadConfig, *, hz: float = 10.0,
               store: bool | str | os.PathLike[str] = False) -> None:
     """Everything run() checks before it starts anything: ConfigError for the configs and
     hz, StoreError for a store it may not write to."""
@@ -170,7 +202,7 @@ def check_run(relay: RelayConfig, load: LoadConfig, *, hz: float = 10.0,
         _store.check_writable(_store.default_dir() if store is True else store)
 
 
-def _for_relay(template: LoadConfig, relay: Relay) -> LoadConfig:
+def _for_relay(template: LoadConfig, relay: Relay | ExternalRelayProcess) -> LoadConfig:
     changes: dict[str, Any] = {"host": relay.host, "port": relay.port, "tls": relay.tls}
     if relay.tls != "off":
         if not template.insecure and template.ca_file is None:
@@ -246,7 +278,20 @@ def _tail(text: str, lines: int = 40) -> str:
     return "".join(text.splitlines(keepends=True)[-lines:])
 
 
-def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
+def fairness(relay_cfg: RelayUnderTest, load_cfg: LoadConfig, placed: pinning.Pinning,
+             hz: float, perf: str | bool) -> dict[str, Any]:
+    """What a run holds fixed for whichever relay it measures, recorded with it: a sweep
+    over several relays gives each the same load generator, CPUs, sizes and windows."""
+    lo = {k: v for k, v in load_cfg.to_dict().items() if k not in ("host", "port", "tls",
+                                                                   "ca_file", "insecure")}
+    return {"relay": relay_name(relay_cfg), "relay_settings": relay_settings(relay_cfg),
+            "relay_cores": relay_cfg.workers, "load_generator": "labkit load (native)",
+            "load": lo, "pinning": placed.note, "hz": hz, "perf": perf,
+            "per_packet_basis": "delivered_* figures: packets the load generator received, "
+                                "the same for every relay"}
+
+
+def run(relay: RelayUnderTest | None = None, load: LoadConfig | None = None, *,
         duration: float | None = None, warmup: float | None = None, hz: float = 10.0,
         perf: str | bool = "auto", procfs: bool = True, pin: bool = True,
         labels: Mapping[str, Any] | None = None, live: Any = None,
@@ -286,7 +331,10 @@ def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
     sources: dict[str, str] = {}
     t0 = ws = we = float("nan")
     relay_proc = load_proc = sampler = waiter = None
-    the_relay = Relay(relay_cfg, start_timeout=start_timeout, stop_grace=stop_grace)
+    the_relay: Relay | ExternalRelayProcess = (
+        relay_cfg.process(start_timeout=start_timeout, stop_grace=stop_grace)
+        if isinstance(relay_cfg, ExternalRelay) else
+        Relay(relay_cfg, start_timeout=start_timeout, stop_grace=stop_grace))
     the_load: Load | None = None
     subscriber = _subscriber(live)
     pump = getattr(live, "pump", None)
@@ -390,9 +438,23 @@ def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
         # the relay ran the whole window but did not stop cleanly: the figures stand, but say so
         info["error"] = f"relay exit code {code} at stop"
         info["stderr_tail"] = _tail(the_relay.stderr_tail)
+    left = getattr(the_relay, "orphans", [])
+    if info["status"] == "ok" and left and not info["error"]:
+        info["error"] = (f"the relay left {len(left)} process(es) running when it stopped "
+                         f"(pids {', '.join(map(str, left))}; labkit stopped them)")
+    listener = getattr(the_relay, "listener_pid", None)
+    if info["status"] == "ok" and listener not in (None, the_relay.pid):
+        # the figures stand for what they measured, but that was the wrapper, not the relay
+        info["error"] = (f"the relay listens in pid {listener}, a child of the started pid "
+                         f"{the_relay.pid}: /proc and perf figures cover pid "
+                         f"{the_relay.pid} only (start the relay with exec). "
+                         + (info["error"] or ""))
     if figures and not ticks.empty:
-        figures["perf_syscalls_per_packet"] = window.perf_per_packet(
-            ticks, t0, ws, we, int(figures["relay_packets"]))
+        if isinstance(relay_cfg, RelayConfig):
+            figures["perf_syscalls_per_packet"] = window.perf_per_packet(
+                ticks, t0, ws, we, int(figures["relay_packets"]))
+        figures["delivered_perf_syscalls_per_packet"] = window.perf_per_packet(
+            ticks, t0, ws, we, int(figures["received"]))
     ticks = _with_phase(ticks, t0, ws, we)
     summary = {
         "run_id": run_id,
@@ -407,6 +469,9 @@ def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
         "load_cpus": pinning.cpu_list(placed.load_cpus),
         "pinning": placed.note,
         "perf_source": sources.get("perf", "unknown"),
+        "unavailable": "" if isinstance(relay_cfg, RelayConfig) else
+        f"{', '.join(window.SHM_ONLY)}: not available for this relay (labkit's "
+        "shared-memory counters only)",
     }
     for k in window.FIGURES:
         summary.setdefault(k, float("nan"))
@@ -420,7 +485,10 @@ def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
         "sources": sources,
         "capabilities": _capabilities(),
         "hz": hz,
+        "fairness": fairness(relay_cfg, load_cfg, placed, hz, perf),
     }
+    if isinstance(the_relay, ExternalRelayProcess):
+        meta["external"] = {"argv": the_relay.argv, "orphans": the_relay.orphans}
     result = Result(pd.Series(summary, dtype=object), ticks, meta)
     if store is not False:
         _store.save(result, None if store is True else store)
@@ -490,7 +558,8 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], *,
           control: RunControl | None = None, live: Any = None,
           on_start: Callable[[dict[str, Any], int, Relay, Load], None] | None = None,
           on_result: Callable[[Result], None] | None = None,
-          recording: bool = False) -> SweepResult:
+          recording: bool = False,
+          relays: Sequence[RelayUnderTest] | None = None) -> SweepResult:
     """Run every grid point `repeats` times, interleaved (A B … A B …), and summarise.
 
     grid keys: RelayConfig fields (io, tls, workers, switches, …), LoadConfig fields
@@ -503,6 +572,12 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], *,
     recorded (status "failed", stderr tail) and the sweep goes on. compare=(key, a, b): a
     Welch t-test of b against a per point (default: io epoll vs uring when both are in the
     grid). control.stop() ends the sweep after stopping the current run.
+
+    relays: a list of relays under test (RelayConfigs and ExternalRelays, each named by
+    relay_name(), unique) to run at every grid point, interleaved with the repeats like any
+    other factor (the relay varies fastest); the grid then holds only load and run keys,
+    every relay gets the same load, CPUs and windows (the result's `fairness` says so and
+    names what is not equal), and compare defaults to the first two relays.
     """
     from tqdm.auto import tqdm
 
@@ -515,12 +590,23 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], *,
         # the compared factor varies fastest: A and B of one point run back to back
         grid = {k: grid[k] for k in grid if k != factor} | {factor: grid[factor]}
     points = expand_grid(grid)
+    by_name: dict[str, RelayUnderTest] = {}
+    if relays is not None:
+        by_name = _relays_by_name(relays, points)
+        points = [p | {"relay": n} for p in points for n in by_name]  # relay fastest
+        if compare is None and len(by_name) >= 2:
+            compare = ("relay", *list(by_name)[:2])
     if not points:
         raise ConfigError("the grid has no points")
-    resolved = []
+    resolved: list[tuple[dict[str, Any], RelayUnderTest, LoadConfig, str]] = []
     for p in points:
         try:
-            r, lo = point_configs(p, relay, load, duration, warmup)
+            if by_name:
+                rest = {k: v for k, v in p.items() if k != "relay"}
+                r, lo = by_name[p["relay"]], point_configs(rest, RelayConfig(), load,
+                                                           duration, warmup)[1]
+            else:
+                r, lo = point_configs(p, relay, load, duration, warmup)
             r.validate()
             _validate_load_template(lo)
         except ConfigError as e:
@@ -585,4 +671,47 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], *,
     if compare is not None and not runs.empty:
         factor, a, b = compare
         cmp = welch(runs, factor=factor, a=a, b=b, by=[k for k in by if k != factor])
-    return SweepResult(name, runs, st, cmp, by, paths, skipped)
+    fair = _sweep_fairness(resolved, hz, perf, pin) if by_name else {}
+    return SweepResult(name, runs, st, cmp, by, paths, skipped, fairness=fair)
+
+
+def _relays_by_name(relays: Sequence[RelayUnderTest], points: list[dict[str, Any]]
+                    ) -> dict[str, RelayUnderTest]:
+    """{relay_name: relay} for sweep(relays=…); ConfigError for an empty or ambiguous list
+    or a grid that varies relay settings (those belong in the relays themselves)."""
+    if isinstance(relays, RelayConfig | ExternalRelay) or not relays:
+        raise ConfigError("relays must be a non-empty list of RelayConfig and ExternalRelay")
+    out: dict[str, RelayUnderTest] = {}
+    for r in relays:
+        if not isinstance(r, RelayConfig | ExternalRelay):
+            raise ConfigError(f"relays: {r!r} is neither a RelayConfig nor an ExternalRelay")
+        n = relay_name(r)
+        if n in out:
+            raise ConfigError(f"relays: two relays are named {n!r}; give the external ones "
+                              "distinct names")
+        out[n] = r
+    keys = sorted({k for p in points for k in p} & (_RELAY_GRID | {"relay"}))
+    if keys:
+        raise ConfigError(f"with relays=…, the grid may not vary {', '.join(keys)}: set "
+                          "those in the relays themselves")
+    return out
+
+
+def _sweep_fairness(resolved: list[tuple[dict[str, Any], RelayUnderTest, LoadConfig, str]],
+                    hz: float, perf: str | bool, pin: bool) -> dict[str, Any]:
+    """What every relay of the sweep shared, and anything that was not equal."""
+    relays = {relay_name(r): r for _, r, _, _ in resolved}
+    cores = {n: r.workers for n, r in relays.items()}
+    unequal = []
+    if len(set(cores.values())) > 1:
+        unequal.append(f"relay cores differ: {cores}")
+    return {
+        "relays": {n: relay_settings(r) for n, r in relays.items()},
+        "relay_cores": cores,
+        "same_for_every_relay": ["load generator (labkit load, native)",
+                                 "load config at each point (mode, pairs, size, rate, "
+                                 "threads)", "warm-up and window", f"sampler at {hz:g} Hz",
+                                 f"perf={perf}", "pinning plan" if pin else "no pinning",
+                                 "per-packet basis: packets the load generator received"],
+        "unequal": unequal,
+    }

@@ -82,6 +82,8 @@ class SweepResult:
     by: list[str]
     paths: list[Path] = field(default_factory=list)
     skipped: int = 0
+    # sweep(relays=…): each relay's settings, what all shared and what was not equal
+    fairness: dict[str, Any] = field(default_factory=dict)
 
     @property
     def failures(self) -> pd.DataFrame:

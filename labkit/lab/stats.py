@@ -17,7 +17,8 @@ from scipy import stats as sps
 # The figures summarize() and welch() look at unless told otherwise (labkit.lab.window).
 STAT_METRICS = ("mbps", "pps", "loss_pct", "syscalls_per_packet", "perf_syscalls_per_packet",
                 "ctx_switches_per_kpkt", "cpu_s_per_gbit", "relay_cpu_pct", "lat_p50_us",
-                "lat_p99_us")
+                "lat_p99_us", "delivered_cpu_s_per_gbit", "delivered_perf_syscalls_per_packet",
+                "delivered_ctx_switches_per_packet")
 
 
 def _ok(runs: pd.DataFrame) -> pd.DataFrame:

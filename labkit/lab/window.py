@@ -8,7 +8,12 @@ them, declared once in FIGURES (name -> label, unit) in the order a summary show
 - ctx_switches_per_kpkt: relay context switches (/proc, all threads) per 1,000 packets;
 - cpu_s_per_gbit: relay CPU-seconds per forwarded Gbit of payload (efficiency: the fair
   figure when relay and load share cores);
+- delivered_*: relay CPU, perf syscalls and context switches per packet (or Gbit) the
+  load generator received: the one basis every relay shares, external ones included;
 - lat_*_us: one-way latency percentiles from the load generator.
+
+An external relay (labkit.procs.external) has no shared-memory counters: SHM_ONLY figures
+are NaN for it, "not available for this relay".
 
 These are a run's figures; the sampler's per-tick rates are labkit.counters.ticks.
 """
@@ -23,6 +28,7 @@ import pandas as pd
 
 from labkit.counters import kinds
 from labkit.counters.procfs import ProcThreads
+from labkit.procs.external import ExternalRelayProcess
 from labkit.procs.load import PERCENTILES, LoadResult
 from labkit.procs.relay import Relay
 
@@ -39,12 +45,25 @@ FIGURES: dict[str, tuple[str, str]] = {
     "relay_cpu_pct": ("relay CPU", "% of one core"),
     "load_cpu_pct": ("load generator CPU", "% of one core"),
     "drops": ("relay drops in the window", "packets"),
+    # per packet the load generator received: the same basis for every relay, labkit's
+    # or an external one (which has no forwarded count of its own)
+    "delivered_cpu_s_per_gbit": ("relay CPU-seconds per delivered Gbit", "CPU·s/Gbit"),
+    "delivered_perf_syscalls_per_packet": ("relay syscalls per delivered packet (perf)",
+                                           "syscalls/packet"),
+    "delivered_ctx_switches_per_packet": ("relay context switches per delivered packet",
+                                          "switches/packet"),
     "lat_p50_us": ("latency p50", "µs"),
     "lat_p90_us": ("latency p90", "µs"),
     "lat_p99_us": ("latency p99", "µs"),
     "lat_p999_us": ("latency p99.9", "µs"),
     "lat_max_us": ("latency max", "µs"),
 }
+
+
+# Figures only labkit's relay can give (they read its shared-memory counters): NaN, "not
+# available for this relay", for an external one, never 0.
+SHM_ONLY = ("relay_packets", "relay_syscalls", "syscalls_per_packet", "ctx_switches_per_kpkt",
+            "cpu_s_per_gbit", "drops")
 
 
 @dataclass
@@ -60,7 +79,8 @@ class Snap:
     load_cpu_s: float
 
 
-def snapshot(relay: Relay, relay_proc: ProcThreads, load_proc: ProcThreads) -> Snap:
+def snapshot(relay: Relay | ExternalRelayProcess, relay_proc: ProcThreads,
+             load_proc: ProcThreads) -> Snap:
     t = time.monotonic()
     counters = relay.counters()
     r = relay_proc.sample().total
@@ -107,6 +127,13 @@ def window_figures(s0: Snap, s1: Snap, res: LoadResult, size: int) -> dict[str, 
         "drops": drops,
         "latency_samples": res.latency_samples,
     }
+    delivered_gbit = res.received * size * 8 / 1e9
+    out["delivered_cpu_s_per_gbit"] = cpu / delivered_gbit if delivered_gbit > 0 else nan
+    out["delivered_ctx_switches_per_packet"] = (
+        (s1.relay_ctx - s0.relay_ctx) / res.received if res.received else nan)
+    out["delivered_perf_syscalls_per_packet"] = nan  # from the time series (perf_per_packet)
+    if not s1.counters:  # no shared-memory counters: an external relay
+        out |= dict.fromkeys(SHM_ONLY, nan)
     for k in PERCENTILES:  # the load generator's latency summary
         out[f"lat_{k}_us"] = float(res.latency[k])
     return out

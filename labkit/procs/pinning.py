@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from labkit.procs.external import ExternalRelayProcess
 from labkit.procs.load import Load
 from labkit.procs.relay import Relay
 
@@ -49,7 +50,7 @@ def _pin_process(pid: int, cpus: Iterable[int]) -> None:
             os.sched_setaffinity(int(tid), mask)
 
 
-def pin(relay: Relay, load: Load, want: bool) -> Pinning:
+def pin(relay: Relay | ExternalRelayProcess, load: Load, want: bool) -> Pinning:
     """Pin two running processes apart (want=False: leave them, and say so)."""
     if not want:
         return Pinning(False, (), (), "not pinned (pin=False)")
@@ -60,7 +61,9 @@ def pin(relay: Relay, load: Load, want: bool) -> Pinning:
     if not relay_cpus:
         return Pinning(False, (), (), note)
     try:
-        _pin_process(relay.pid, relay_cpus)
+        # an external relay may run several processes (a wrapper and the relay): pin all
+        for pid in relay.pids() if hasattr(relay, "pids") else [relay.pid]:
+            _pin_process(pid, relay_cpus)
         _pin_process(load.pid, load_cpus)
     except OSError as e:
         return Pinning(False, (), (), f"not pinned: sched_setaffinity failed ({e.strerror})")

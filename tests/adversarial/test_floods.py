@@ -7,7 +7,6 @@ import threading
 import time
 from typing import Any
 
-import pytest
 from conformance.helpers import ARRIVE, SILENCE, assert_delivers, assert_open
 
 from labkit import derp
@@ -44,9 +43,6 @@ class Flooder(threading.Thread):
             self.error = e
 
 
-# Timing on 2 cores: with 4 workers, the acceptor and a flood sharing them, a bystander's
-# exchange can miss its 2 s window once in a while (seen with io_uring, 4 workers).
-@pytest.mark.flaky(reruns=2)
 def test_never_reading_client_under_flood(relay: Any, connect: Any) -> None:
     """B connects and never reads; A floods B for longer than the write deadline; C and D
     exchange throughout. A is never closed, B is closed for write_timeout, the drops are

@@ -246,10 +246,16 @@ void lk_route_packet(lk_worker *w, lk_conn *from, const uint8_t src[LK_KEY_LEN],
     /* Per-destination bound across shards, as Go's per-destination queue: this worker's
      * packets waiting on others (ring, remote queue, remote writer) for one destination
      * stay under a share of the ring, so a flood into a slow or stalled receiver is
-     * tail-dropped here instead of crowding the ring for everyone else's packets. */
-    uint32_t share = lk_shard_ring_limit(w) / 4;
+     * tail-dropped here instead of crowding the ring for everyone else's packets.  The
+     * floor lets one destination fill its queues and its writer; but with a small pool
+     * the ring is shorter than that floor, and then the ring's half for everyone else
+     * wins (otherwise one flood fills the ring and bystanders across it lose packets). */
+    uint32_t ring_limit = lk_shard_ring_limit(w);
     uint32_t floor = 2 * w->relay->cfg.queue_depth + LK_TX_MAX + 256;
-    if (w->route.xinflight[bucket] >= (share > floor ? share : floor)) {
+    uint32_t bound = ring_limit / 4 > floor ? ring_limit / 4 : floor;
+    if (bound > ring_limit / 2)
+        bound = ring_limit / 2;
+    if (w->route.xinflight[bucket] >= bound) {
         LK_COUNT(w, DROP_QUEUE_TAIL);
         lk_pkt_free(w, pkt);
         return;
