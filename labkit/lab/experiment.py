@@ -267,7 +267,7 @@ def _subscriber(live: Any) -> Callable[[dict[str, Any]], None] | None:
     raise TypeError(f"live={live!r}: give a plots.LivePanel or a callable taking a tick dict")
 
 
-def _marker(live: Any, relay_cfg: RelayConfig) -> Callable[[str], None]:
+def _marker(live: Any, relay_cfg: RelayUnderTest) -> Callable[[str], None]:
     """live.mark(phase, relay_cfg) when `live` marks run phases (a plots.LivePanel: a band
     per run, its warm-up shaded); a no-op for a plain callable."""
     mark = getattr(live, "mark", None)

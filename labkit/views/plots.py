@@ -116,8 +116,11 @@ LIVE_COLUMNS = ("x", *ticks.TICK_KEYS, "run")
 
 def run_label(cfg: Any) -> str:
     """A relay config in a few words: the I/O mode, the switches that differ from that
-    mode's defaults (+x on, −x off), TLS and workers when not the plain ones."""
-    io = str(getattr(cfg, "io", "?"))
+    mode's defaults (+x on, −x off), TLS and workers when not the plain ones; an external
+    relay (no io mode) by its name."""
+    if not hasattr(cfg, "io"):
+        return str(getattr(cfg, "name", "relay"))
+    io = str(cfg.io)
     parts = [MODE_NAMES.get(io, io)]
     defaults = MODE_DEFAULTS.get(io, {})
     for name in SWITCHES:
