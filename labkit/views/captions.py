@@ -120,9 +120,10 @@ def compare(runs: pd.DataFrame, metric: str, a: object, b: object, factor: str =
                f"{fmt.ratio(r)}" + (f" (95 % CI {fmt.interval(lo, hi)}×)" if not math.isnan(lo)
                                     else "") + f", Welch {fmt.pvalue(p)}, {runs_said}")
     if math.isnan(p) or p >= ALPHA:
-        why = ("too few runs for a test" if math.isnan(p) else "not significant")
+        why = ("There are too few runs for a test" if math.isnan(p) else
+               "The difference is not significant")
         return Conclusion("not significant",
-                          f"{name}: {lb} {numbers}. The difference is {why}: this run cannot "
+                          f"{name}: {lb} {numbers}. {why}: this run cannot "
                           f"say whether {lb} is lower or higher than {la}"
                           + (f" (the expected story: {expect.story})." if expect else "."),
                           r, lo, hi, p)
