@@ -9,6 +9,9 @@ experiment is written out in the notebook that runs it.
 - live_or_recorded(): run the live experiment, and on any failure of the capability it
   needs (or when the machine lacks it) show the recorded runs instead, with the reason.
 - window_delta() / last(): counter arithmetic on a Result's time series.
+- REPLAY / replayed(): LABKIT_REPLAY=DIR runs a notebook on the runs stored in DIR instead
+  of measuring (labelled REPLAYED, never passed off as live): how a test shows that a
+  notebook's conclusions follow its data, on runs where the expected story is false.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 DATA_RUNS = ROOT / "data" / "runs"  # labkit.lab.store.RECORDED_DIR
 QUICK = os.environ.get("LABKIT_QUICK", "").strip() not in ("", "0")
+REPLAY = os.environ.get("LABKIT_REPLAY", "").strip()
 
 
 def pick(full: Any, quick: Any) -> Any:
@@ -107,6 +111,24 @@ def recorded(sweep: str | None = None, where: Path = DATA_RUNS,
     dates = sorted(str(d)[:10] for d in runs["date"].dropna())
     span = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
     label = f"RECORDED on {'; '.join(machines)}, {span} ({len(runs)} runs), not live"
+    return runs.reset_index(drop=True), label
+
+
+def replayed(where: str = "") -> tuple[pd.DataFrame, str]:
+    """The runs stored under LABKIT_REPLAY (or `where`), and the label every figure drawn
+    from them carries: "REPLAYED from DIR: <machine>, <dates> (n runs), not live"."""
+    from labkit.lab import store
+
+    where = where or REPLAY
+    runs = store.load(where)
+    if runs.empty:
+        raise FileNotFoundError(f"LABKIT_REPLAY={where}: no run files there")
+    machines = sorted({machine_label(r) for _, r in runs.iterrows()})
+    dates = sorted(str(d)[:10] for d in runs["date"].dropna()) or ["undated"]
+    label = (f"REPLAYED from {where}: {'; '.join(machines)}, {dates[0]}"
+             f"{'' if dates[0] == dates[-1] else ' to ' + dates[-1]} ({len(runs)} runs), "
+             "not live")
+    print(f"NOT LIVE: {label}")
     return runs.reset_index(drop=True), label
 
 

@@ -76,6 +76,11 @@ def test_run_fills_the_table_and_the_live_figure() -> None:
     assert row["status"] == "ok" and row["io"] == "uring" and row["mbps"] > 50
     assert "batch" in row["switches"]
     assert len(d.live.source.data["mbps"]) > before + 3, "the live figure's source grew"
+    # experiment.run marked the run on the panel: a band named after its mode
+    from bokeh.models import Label
+
+    names = [a.text for a in d.live.figures[0].center if isinstance(a, Label)]
+    assert names and names[-1].startswith("io_uring"), names
     assert "<table" in d.table.value and "done" in d.status.value
     assert not d.run_button.disabled and d.stop_button.disabled
     d.rate.value = 50  # a second run: the table grows
@@ -109,3 +114,22 @@ def test_stop_ends_processes_within_a_second() -> None:
     assert d.wait(10)
     assert d.results.iloc[-1]["status"] == "stopped"
     assert "stopped" in d.status.value
+
+
+def test_results_table_is_plain_and_narrow() -> None:
+    """No literal None, no exponent, one number style, and fewer columns than the run has
+    fields (pairs and size share one; the error column only when a run failed)."""
+    import pandas as pd
+
+    row = {c: None for c in dashboard.TABLE_COLUMNS} | {
+        "run_id": "nb-run-abcdef123456", "status": "ok", "io": "uring", "tls": "off",
+        "workers": 1, "switches": "batch", "rate_mbps": float("nan"), "size": 1400,
+        "pairs": 4, "mbps": 99_880.2, "loss_pct": 0.0, "syscalls_per_packet": 0.0028,
+        "ctx_switches_per_kpkt": 2154.0, "cpu_s_per_gbit": 0.19, "lat_p99_us": 1766.0}
+    page = dashboard.results_table(pd.DataFrame([row])).split("</style>", 1)[1]
+    assert "None" not in page and "e+" not in page and "e-" not in page
+    assert "99,880" in page and "2,154" in page and "n/a" in page and "unpaced" in page
+    assert "4 × 1,400" in page and "error" not in page and "labkit-results" in page
+    failed = dashboard.results_table(pd.DataFrame([row | {"status": "failed",
+                                                          "error": "relay died"}]))
+    assert "relay died" in failed

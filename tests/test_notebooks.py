@@ -126,6 +126,52 @@ def test_ktls_notebook_falls_back_when_the_guest_cannot_boot(
     assert "checks passed" in text
 
 
+def _story_is_false(directory: Path) -> None:
+    """Stored runs in which io_uring makes 1/20 of epoll's system calls per packet (the
+    invariant holds) but costs 1.5× its relay CPU per Gbit at every rate: the expected story
+    ("fewer crossings, less CPU") is false in them."""
+    from experiment_helpers import fake_result
+
+    from labkit.lab import store
+
+    seed = 0
+    for rep in range(3):
+        for rate in (500.0, 2000.0, float("nan")):
+            for io, coalesce in (("epoll", False), ("epoll", True), ("uring", True)):
+                seed += 1
+                r = fake_result(io, 2000.0 if rate != rate else rate, rep, seed,
+                                sweep="story-false")
+                cpu = {"epoll": 0.19, "uring": 0.29}[io] * (1 + 0.02 * (rep - 1))
+                spp = {"epoll": 1.0, "uring": 0.05}[io] * (1 + 0.02 * (rep - 1))
+                r.summary["run_id"] = f"story-false-{io}-{coalesce}-{rate}-{rep}"
+                r.summary["rate_mbps"] = rate
+                r.summary["coalesce"] = coalesce
+                r.summary["cpu_s_per_gbit"] = cpu
+                r.summary["syscalls_per_packet"] = spp
+                store.save(r, directory)
+
+
+@pytest.mark.timeout(NOTEBOOK_TIMEOUT)
+def test_notebook_02_says_when_the_data_contradicts_the_story(
+        kernel_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Notebook 02 replaying runs where io_uring costs more CPU per Gbit than epoll prints
+    that this machine disagrees, with the likely reason and the what-if, and never the
+    expected story as a finding."""
+    _story_is_false(tmp_path)
+    monkeypatch.setenv("LABKIT_REPLAY", str(tmp_path))  # the kernel inherits it
+    text = _execute(ROOT / "notebooks" / "02-epoll-vs-io_uring.ipynb", kernel_name)
+    assert "NOT LIVE: REPLAYED from" in text, text[-3000:]
+    assert ("This machine disagrees with the expected story (io_uring spends less relay "
+            "CPU per Gbit than epoll)") in text, text[-3000:]
+    assert "Likely reason:" in text and "What-if that tests it:" in text
+    assert "As expected: io_uring spends less relay CPU" not in text
+    assert ("io_uring costs significantly less relay CPU-seconds per Gbit than epoll at no "
+            "rate measured here; more at 500 Mbit/s, 2,000 Mbit/s, unpaced") in text, \
+        text[-3000:]
+    assert "As expected: io_uring makes fewer system calls per packet" in text
+    assert "checks passed" in text
+
+
 def _report_times(config: pytest.Config) -> None:
     """Each notebook's run time (quick mode), printed and kept in build/test-reports/."""
     if not _times:

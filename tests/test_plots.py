@@ -3,13 +3,14 @@ thread hand-off and rollover."""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
 import pytest
-from bokeh.models import HoverTool, Whisker
+from bokeh.models import BoxAnnotation, CustomJSTickFormatter, HoverTool, Label, Whisker
 from experiment_helpers import fake_sweep, runs_frame
 
 from labkit.counters.ticks import TICK_KEYS
@@ -153,3 +154,69 @@ def test_live_panel_widget_carries_bokehjs_and_patches() -> None:
     panel.push(_tick(5))
     assert [m["kind"] for m in sent] == ["patch"]
     assert "ColumnsStreamed" in sent[0]["content"]
+
+
+def test_efficiency_curve_one_line_per_mode_with_unpaced_runs() -> None:
+    results = fake_sweep(rates=(250, 1000, float("nan")), repeats=2)
+    runs = runs_frame(results)
+    runs.loc[runs["rate_mbps"].isna(), "offered_mbps"] = 5000.0
+    layout = plots.efficiency_curve(runs, group="io")
+    _check_figure(layout)
+    p = plots.plot_of(layout)
+    assert p.x_scale.__class__.__name__ == "LogScale"
+    lines = [r for r in p.renderers if r.glyph.__class__.__name__ == "Line"]
+    assert len(lines) == 2, "one line per mode"
+    xs = list(lines[0].data_source.data["x"])
+    assert xs == sorted(xs) and max(xs) >= 4000, "unpaced runs sit at what they offered"
+    assert any(r.glyph.marker == "circle_x" for r in p.renderers
+               if hasattr(r.glyph, "marker")), "unpaced runs are marked apart"
+    assert all(isinstance(ax.formatter, CustomJSTickFormatter) for ax in (*p.xaxis, *p.yaxis))
+
+
+def test_live_panel_bands_each_run_and_breaks_lines_between_runs() -> None:
+    from labkit.config import RelayConfig
+
+    panel = plots.LivePanel(loop=None)
+    for cfg in (RelayConfig(io="epoll"), RelayConfig(io="uring", batch=False)):
+        panel.mark("starting", cfg)
+        panel.push(_tick(1))
+        panel.mark("window", cfg)
+        panel.push(_tick(2))
+        panel.mark("drain", cfg)
+        panel.push(_tick(3))
+    xs = panel.source.data["x"]
+    mbps = panel.source.data["mbps"]
+    assert len(xs) == 7 and math.isnan(mbps[3]), "a NaN row between the two runs"
+    assert panel.source.data["run"][-1] == "io_uring −batch"
+    first = panel.figures[0]
+    labels = [a.text for a in first.center if isinstance(a, Label)]
+    assert labels == ["epoll", "io_uring −batch"]
+    boxes = [a for a in first.center if isinstance(a, BoxAnnotation)]
+    bands = [b for b in boxes if b.fill_color != "#888888"]
+    greys = [b for b in boxes if b.fill_color == "#888888"]
+    assert [b.fill_color for b in bands] == [plots.MODE_COLORS["epoll"],
+                                             plots.MODE_COLORS["uring"]]
+    assert len(greys) == 4, "warm-up and drain of each run"
+    assert bands[0].right == xs[2] and xs[2] < bands[1].left == xs[3] < xs[4]
+    assert greys[0].right < xs[2], "the warm-up ends where the window starts"
+
+
+def test_run_timeseries_shades_the_unmeasured_ticks(sweep_data: Any) -> None:
+    _, _, ts = sweep_data
+    layout = plots.run_timeseries(ts, "mbps")
+    p = plots.plot_of(layout)
+    greys = [a for a in p.center if isinstance(a, BoxAnnotation)]
+    assert greys, "the warm-up is shaded"
+    assert "warm-up" in plots.caption_of(layout) and "excluded" not in plots.caption_of(layout)
+
+
+def test_bars_have_no_stray_group_label_and_ci_cut_at_zero() -> None:
+    runs = pd.DataFrame({"io": ["epoll"] * 3 + ["uring"] * 3, "status": "ok",
+                         "lat_p99_us": [100.0, 120.0, 9000.0, 80.0, 90.0, 85.0]})
+    stats = summarize(runs, by=["io"], metrics=["lat_p99_us"])
+    assert (stats["ci_low"] >= 0).all() and stats["ci_clipped"].any()
+    layout = plots.bars_ci(stats, "lat_p99_us", x=None)
+    p = plots.plot_of(layout)
+    assert "/ io" not in p.xaxis[0].axis_label
+    cis = p.renderers[0].data_source.data["ci"]
+    assert any("cut at 0" in c for c in cis) and not any("e+" in c for c in cis)

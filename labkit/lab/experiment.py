@@ -268,6 +268,13 @@ def _subscriber(live: Any) -> Callable[[dict[str, Any]], None] | None:
     raise TypeError(f"live={live!r}: give a plots.LivePanel or a callable taking a tick dict")
 
 
+def _marker(live: Any, relay_cfg: RelayUnderTest) -> Callable[[str], None]:
+    """live.mark(phase, relay_cfg) when `live` marks run phases (a plots.LivePanel: a band
+    per run, its warm-up shaded); a no-op for a plain callable."""
+    mark = getattr(live, "mark", None)
+    return (lambda phase: mark(phase, relay_cfg)) if callable(mark) else (lambda phase: None)
+
+
 def _tail(text: str, lines: int = 40) -> str:
     return "".join(text.splitlines(keepends=True)[-lines:])
 
@@ -332,6 +339,7 @@ def run(relay: RelayUnderTest | None = None, load: LoadConfig | None = None, *,
     the_load: Load | None = None
     subscriber = _subscriber(live)
     pump = getattr(live, "pump", None)
+    mark = _marker(live, relay_cfg)
 
     def fail(error: str, tail: str) -> None:
         if info["status"] == "ok":
@@ -339,6 +347,7 @@ def run(relay: RelayUnderTest | None = None, load: LoadConfig | None = None, *,
 
     try:
         control.phase = "starting"
+        mark("starting")
         the_relay.start()
         # the sampler (and perf, which takes a moment to attach) starts before the load, so
         # the warm-up is not spent waiting for it; the load joins it once connected
@@ -371,10 +380,12 @@ def run(relay: RelayUnderTest | None = None, load: LoadConfig | None = None, *,
         if event is None:
             s0 = window.snapshot(the_relay, relay_proc, load_proc)
             control.phase = "window"
+            mark("window")
             event = waiter.until(we)
         if event is None:
             s1 = window.snapshot(the_relay, relay_proc, load_proc)
             control.phase = "drain"
+            mark("drain")
             # the load ends by itself after its drain; "load" here is that exit
             event = waiter.until(we + 10.0 + 2 * stop_grace)
             if event is None:

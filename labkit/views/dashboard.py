@@ -32,6 +32,7 @@ from labkit.lab import experiment
 from labkit.lab.result import Result
 from labkit.native import contract
 from labkit.procs.load import TRANSPORTS, LoadConfig
+from labkit.views import fmt
 from labkit.views.plots import LivePanel, kernel_loop
 
 IO_CHOICES = (("epoll", "epoll"), ("uring", "io_uring"))
@@ -41,14 +42,15 @@ TABLE_COLUMNS = ("run_id", "status", "io", "tls", "workers", "switches", "rate_m
                  "ctx_switches_per_kpkt", "cpu_s_per_gbit", "lat_p99_us", "error")
 
 
-_TABLE_CSS = ("<style>.labkit-results{border-collapse:collapse;font-size:12px}"
-              ".labkit-results th,.labkit-results td{border:1px solid #ddd;padding:2px 6px;"
-              "text-align:right;white-space:nowrap}.labkit-results th{background:#f4f4f4}"
-              "</style>")
-_SHORT_HEADERS = {"rate_mbps": "offered Mbit/s", "mbps": "Mbit/s", "loss_pct": "loss %",
-                  "syscalls_per_packet": "syscalls/pkt", "perf_syscalls_per_packet":
-                  "perf syscalls/pkt", "ctx_switches_per_kpkt": "ctx sw/kpkt",
-                  "cpu_s_per_gbit": "CPU·s/Gbit", "lat_p99_us": "p99 µs"}
+# Headers with their units, short enough that the table fits the notebook's text column
+_SHORT_HEADERS = {"run_id": "run", "status": "status", "io": "io", "tls": "TLS",
+                  "workers": "workers", "switches": "switches", "rate_mbps": "offered (Mbit/s)",
+                  "load": "load (pairs × B)", "mbps": "delivered (Mbit/s)",
+                  "loss_pct": "loss (%)", "syscalls_per_packet": "syscalls / packet",
+                  "perf_syscalls_per_packet": "perf syscalls / packet",
+                  "ctx_switches_per_kpkt": "ctx switches / kpkt",
+                  "cpu_s_per_gbit": "CPU·s / Gbit", "lat_p99_us": "p99 latency (µs)",
+                  "error": "error"}
 
 
 # ---- what the machine can honour ------------------------------------------------------------
@@ -279,7 +281,6 @@ class Dashboard:
         self.stop_button.disabled = False
         self._set_status(f"<b>starting</b> {relay_cfg.io}, TLS {relay_cfg.tls}, "
                          f"{relay_cfg.workers} worker(s)…")
-        self.live.run_label = f"{relay_cfg.io}/{relay_cfg.tls}/w{relay_cfg.workers}"
         self._thread = threading.Thread(target=self._body, args=(relay_cfg, load_cfg,
                                                                  self.control),
                                         name="labkit-dashboard-run", daemon=True)
@@ -325,7 +326,7 @@ class Dashboard:
         self.last_result = result
         s = result.summary
         row = {c: s.get(c) for c in TABLE_COLUMNS}
-        row["switches"] = ",".join(n for n in SWITCHES if s.get(n)) or "–"
+        row["switches"] = ", ".join(n for n in SWITCHES if s.get(n)) or "none"
         self.results = pd.concat([self.results, pd.DataFrame([row])], ignore_index=True) \
             if not self.results.empty else pd.DataFrame([row], columns=list(TABLE_COLUMNS))
         self.table.value = self._table_html()
@@ -339,10 +340,7 @@ class Dashboard:
     def _table_html(self) -> str:
         if self.results.empty:
             return "<i>no runs yet</i>"
-        view = self.results.rename(columns=_SHORT_HEADERS)
-        return _TABLE_CSS + view.to_html(index=False, na_rep="–", border=0,
-                                          classes="labkit-results",
-                                          float_format=lambda v: f"{v:,.4g}")
+        return results_table(self.results)
 
     def _set_status(self, text: str) -> None:
         self.status.value = text
@@ -356,6 +354,26 @@ class Dashboard:
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
+
+
+def results_table(results: pd.DataFrame) -> str:
+    """The runs as a table that fits the notebook: numbers by labkit.views.fmt, the run id
+    shortened to its tail, pairs and size in one column, the error column only when a run
+    failed, unpaced shown as such."""
+    view = results.copy()
+    view["run_id"] = view["run_id"].astype(str).str[-6:]
+    view["rate_mbps"] = [("unpaced" if fmt.missing(v) else v) for v in view["rate_mbps"]]
+    view["load"] = [f"{fmt.number(p)} × {fmt.number(z)}" for p, z in
+                    zip(view["pairs"], view["size"], strict=True)]
+    view = view.drop(columns=["pairs", "size"])
+    if view["error"].map(fmt.missing).all():
+        view = view.drop(columns=["error"])
+    else:
+        view["error"] = ["" if fmt.missing(e) else str(e) for e in view["error"]]
+    order = [c for c in _SHORT_HEADERS if c in view]
+    page = fmt.html_table(view[order], _SHORT_HEADERS, index=False)
+    return page.replace('class="dataframe labkit-table"',
+                        'class="dataframe labkit-table labkit-results"')
 
 
 def _html(text: str) -> str:

@@ -35,10 +35,12 @@ from typing import Any
 import pandas as pd
 from bokeh.layouts import column, gridplot
 from bokeh.models import (
+    BoxAnnotation,
     ColumnDataSource,
     Div,
     FactorRange,
     HoverTool,
+    Label,
     Legend,
     Plot,
     Range1d,
@@ -48,23 +50,36 @@ from bokeh.models import (
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
+from labkit.config import MODE_DEFAULTS, SWITCHES
 from labkit.counters import ticks
 from labkit.lab.window import FIGURES
+from labkit.views import fmt
 
 MODE_COLORS = {"epoll": "#1f77b4", "uring": "#d62728"}
+MODE_NAMES = {"epoll": "epoll", "uring": "io_uring"}
 CAPTION_CSS = "font-size: 13px; color: #444; margin: 2px 0 18px 6px; max-width: 900px;"
 _TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
 
 
+# Colours for groups that are not the two modes: Category10 without the modes' blue and red,
+# so no other group is mistaken for epoll or io_uring
+_OTHER_COLORS = tuple(c for c in Category10_10 if c not in MODE_COLORS.values())
+
+
 def color_for(value: Any, order: Sequence[Any] = ()) -> str:
-    if value in MODE_COLORS:
-        return MODE_COLORS[value]
-    idx = list(order).index(value) if value in order else hash(str(value))
-    return Category10_10[(idx + 2) % len(Category10_10)]
+    """A mode's own colour (by io value or display name), else a stable other colour."""
+    for io, name in MODE_NAMES.items():
+        if value in (io, name):
+            return MODE_COLORS[io]
+    others = [v for v in order if not any(v in pair for pair in MODE_NAMES.items())]
+    idx = others.index(value) if value in others else sum(map(ord, str(value)))
+    return _OTHER_COLORS[idx % len(_OTHER_COLORS)]
 
 
 def captioned(fig: Any, caption: str) -> Any:
-    """column(fig, one-line caption): how every labkit figure is returned."""
+    """column(fig, one-line caption): how every labkit figure is returned. Its axes are
+    written by labkit.views.fmt (no `2.500e+5`): every figure passes through here."""
+    fmt.style_axes(fig)
     div = Div(text=f'<div class="labkit-caption" style="{CAPTION_CSS}">{caption}</div>',
               name="caption")
     return column(fig, div, name=f"labkit:{fig.title.text if fig.title else ''}")
@@ -87,11 +102,9 @@ def _label(metric: str) -> str:
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "unpaced"
-        return f"{v:g}"
-    return str(v)
+    if isinstance(v, float) and math.isnan(v):
+        return "unpaced"
+    return fmt.number(v)
 
 
 # ---- live panel ---------------------------------------------------------------------------
@@ -99,6 +112,28 @@ def _fmt(v: Any) -> str:
 
 # x: seconds since the panel opened (ticks restart at 0 with every run); run: its label
 LIVE_COLUMNS = ("x", *ticks.TICK_KEYS, "run")
+
+
+def run_label(cfg: Any) -> str:
+    """A relay config in a few words: the I/O mode, the switches that differ from that
+    mode's defaults (+x on, −x off), TLS and workers when not the plain ones; an external
+    relay (no io mode) by its name."""
+    if not hasattr(cfg, "io"):
+        return str(getattr(cfg, "name", "relay"))
+    io = str(cfg.io)
+    parts = [MODE_NAMES.get(io, io)]
+    defaults = MODE_DEFAULTS.get(io, {})
+    for name in SWITCHES:
+        v = getattr(cfg, name, None)
+        if v is not None and name in defaults and bool(v) != defaults[name]:
+            parts.append(f"{'+' if v else '−'}{name}")
+    tls = getattr(cfg, "tls", "off")
+    if tls != "off":
+        parts.append(f"TLS {tls}")
+    workers = getattr(cfg, "workers", 1)
+    if workers != 1:
+        parts.append(f"{workers} workers")
+    return " ".join(parts)
 # (title, [(tick key, color)], caption); units and legends are the ticks table's
 LIVE_FIGURES = (
     ("Throughput", [("mbps", "#d62728"), ("load_mbps", "#1f77b4")],
@@ -145,6 +180,45 @@ def load_bokehjs() -> None:
     _bokehjs_loaded = True
 
 
+class _RunBand:
+    """One run on the live panel: a band in its mode's colour across every figure, its
+    name in the first, and grey stretches over its warm-up and drain (the parts no figure
+    counts). The band and the open grey stretch follow the run's latest tick."""
+
+    def __init__(self, figures: Sequence[Any], x: float, label: str, io: str) -> None:
+        self.figures = figures
+        colour = color_for(io) if io else "#7f7f7f"
+        self.bands = self._boxes(x, colour, 0.07, line=True)
+        figures[0].add_layout(Label(x=x, y=4, x_units="data", y_units="screen", text=label,
+                                    text_color=colour, text_font_size="10pt",
+                                    text_font_style="bold", x_offset=3))
+        self.grey: list[BoxAnnotation] | None = self._boxes(x, "#888888", 0.18)  # warm-up
+
+    def _boxes(self, x: float, colour: str, alpha: float,
+               line: bool = False) -> list[BoxAnnotation]:
+        boxes = [BoxAnnotation(left=x, right=x, fill_color=colour, fill_alpha=alpha,
+                               line_color=colour, line_alpha=0.5 if line else 0,
+                               level="underlay") for _ in self.figures]
+        for f, b in zip(self.figures, boxes, strict=True):
+            f.add_layout(b)
+        return boxes
+
+    def reach(self, x: float) -> None:
+        for b in (*self.bands, *(self.grey or ())):
+            b.right = x
+
+    def phase(self, phase: str, x: float) -> None:
+        if phase == "window" and self.grey:  # the warm-up ends where the window starts
+            for b in self.grey:
+                b.right = x
+            self.grey = None
+        elif phase == "drain" and self.grey is None:
+            self.grey = self._boxes(x, "#888888", 0.18)
+
+    def close(self) -> None:
+        self.grey = None
+
+
 class LivePanel:
     """Time series of Mbit/s, syscalls/s, context switches/s, CPU % and drops, streamed from
     the sampler thread with rollover (the last `rollover` ticks are kept).
@@ -171,10 +245,14 @@ class LivePanel:
         self.figures = self._make_figures(height, width)
         for f in self.figures[1:]:
             f.x_range = self.figures[0].x_range
+        self._runs: list[_RunBand] = []
         caption = Div(text=f'<div class="labkit-caption" style="{CAPTION_CSS}">Live, '
                       "one point per sampler tick (x: seconds since the panel opened). "
-                      "Watch syscalls/s and CPU % fall while Mbit/s holds when an "
-                      "optimisation is switched on.</div>", name="caption")
+                      "Each coloured band is one run, named with its mode in the first "
+                      "plot; the grey part of a band is start-up and warm-up, or drain (not "
+                      "counted in any figure), the clear part the measured window. Lines "
+                      "break between runs. Compare syscalls/s and CPU % across bands at the same "
+                      "Mbit/s.</div>", name="caption")
         self.layout = column(gridplot([[f] for f in self.figures], toolbar_location="right",
                                       merge_tools=True), caption)
         self._widget: Any = None
@@ -197,7 +275,7 @@ class LivePanel:
             f.legend.click_policy = "hide"
             f.legend.label_text_font_size = "9pt"
             f.add_layout(f.legend[0], "right")  # beside the plot, not over the lines
-            figs.append(f)
+            figs.append(fmt.style_axes(f))
         return figs
 
     # -- thread side ----------------------------------------------------------------------
@@ -208,8 +286,20 @@ class LivePanel:
         row = {c: _num(tick.get(c)) for c in LIVE_COLUMNS if c not in ("x", "run")}
         row["x"] = time.monotonic() - self._epoch
         row["run"] = self.run_label
+        self._queue(row)
+
+    def mark(self, phase: str, relay: Any = None) -> None:
+        """A run's phase changed (experiment.run calls this, on its thread): "starting"
+        opens a new band named after `relay` (run_label()) and breaks the lines; "window"
+        ends its grey warm-up; "drain" starts its grey drain."""
+        if phase == "starting" and relay is not None:
+            self.run_label = run_label(relay)
+        self._queue({"mark": phase, "x": time.monotonic() - self._epoch,
+                     "label": self.run_label, "io": str(getattr(relay, "io", ""))})
+
+    def _queue(self, item: dict[str, Any]) -> None:
         with self._lock:
-            self._pending.append(row)
+            self._pending.append(item)
             schedule = self._loop is not None and not self._scheduled
             if schedule:
                 self._scheduled = True
@@ -226,17 +316,47 @@ class LivePanel:
             self.flush()
 
     def flush(self) -> int:
-        """Stream every queued tick into the data source; returns how many."""
+        """Stream every queued tick into the data source and apply the run marks between
+        them, in order; returns how many ticks."""
         with self._lock:
             self._scheduled = False
-            rows = list(self._pending)
+            items = list(self._pending)
             self._pending.clear()
-            if not rows:
-                return 0
-            data = {c: [r[c] for r in rows] for c in LIVE_COLUMNS}
-            self.source.stream(data, rollover=self.rollover)
-            self.ticks_seen += len(rows)
+            n = 0
+            rows: list[dict[str, Any]] = []
+            for item in items:
+                if "mark" in item:
+                    n += self._stream(rows)
+                    rows = []
+                    self._apply_mark(item)
+                else:
+                    rows.append(item)
+            n += self._stream(rows)
+        return n
+
+    def _stream(self, rows: list[dict[str, Any]]) -> int:
+        if not rows:
+            return 0
+        data = {c: [r[c] for r in rows] for c in LIVE_COLUMNS}
+        self.source.stream(data, rollover=self.rollover)
+        self.ticks_seen += len(rows)
+        if self._runs:  # the current run's band (and open grey stretch) reach its last tick
+            self._runs[-1].reach(rows[-1]["x"])
         return len(rows)
+
+    def _apply_mark(self, m: dict[str, Any]) -> None:
+        x = m["x"]
+        if m["mark"] == "starting":
+            if len(self.source.data["x"]):
+                # a row of NaN between two runs: bokeh breaks a line at NaN, so no line is
+                # drawn across the gap between one run's last tick and the next one's first
+                gap = {c: [float("nan")] for c in LIVE_COLUMNS if c != "run"}
+                self.source.stream(gap | {"run": [""], "x": [x]}, rollover=self.rollover)
+            if self._runs:
+                self._runs[-1].close()
+            self._runs.append(_RunBand(self.figures, x, m["label"], m["io"]))
+        elif self._runs:
+            self._runs[-1].phase(m["mark"], x)
 
     def clear(self) -> None:
         with self._lock:
@@ -292,13 +412,15 @@ def bars_ci(stats: pd.DataFrame, metric: str, group: str = "io", x: str | None =
             "low": _or(r["ci_low"], r["mean"]), "high": _or(r["ci_high"], r["mean"]),
             "n": int(r["n"]), "group": str(r[group]), "xv": xv,
             "color": color_for(r[group], groups),
-            "ci": "n < 2: no CI" if r["n"] < 2 else f"{r['ci_low']:.4g} – {r['ci_high']:.4g}",
+            "ci": "n < 2: no CI" if r["n"] < 2 else fmt.interval(r["ci_low"], r["ci_high"])
+            + (" (lower end cut at 0)" if bool(r.get("ci_clipped", False)) else ""),
         })
     src = _source(pd.DataFrame(rows, columns=[
         "factor", "mean", "median", "low", "high", "n", "group", "xv", "color", "ci"]))
     name, unit = FIGURES.get(metric, (metric, ""))
-    xlabel = (f"{_label(x) if x in FIGURES else x} (Mbit/s offered)" if x == "rate_mbps"
-              else (x or "")) + f" / {group}"
+    # the groups are the bars' colours (their legend is the hover); the axis names x only
+    xlabel = ("offered rate (Mbit/s; unpaced: as fast as the relay takes)" if x == "rate_mbps"
+              else (x or f"{group} (mode)"))
     f = figure(x_range=FactorRange(*factors) if factors else FactorRange(),
                title=title or f"{name[0].upper()}{name[1:]}, mean with 95 % CI", height=340,
                width=820, tools=_TOOLS, x_axis_label=xlabel, y_axis_label=unit or name)
@@ -372,7 +494,8 @@ def offered_vs_delivered(runs: pd.DataFrame, group: str = "io") -> Any:
     if legend_items:
         f.add_layout(Legend(items=legend_items, location="top_left"))
     g2.y_range.start = 0
-    grid = gridplot([[f, g2]], toolbar_location="right", merge_tools=True)
+    grid = gridplot([[fmt.style_axes(f), fmt.style_axes(g2)]], toolbar_location="right",
+                    merge_tools=True)
     div = Div(text=f'<div class="labkit-caption" style="{CAPTION_CSS}">Points on the dashed '
               "line delivered everything offered; where a mode bends below it, the loss plot "
               "rises: that offered rate is past its capacity.</div>", name="caption")
@@ -485,6 +608,7 @@ def run_timeseries(ts: pd.DataFrame, metric: str = "mbps", group: str = "io",
             ids = list(dict.fromkeys(ts.loc[ts[group] == g, "run_id"]))[:max_runs_per_group]
             for rid in ids:
                 sub = ts[ts["run_id"] == rid][["t", metric, "phase", "run_id"]].copy()
+                _shade_phases(f, sub)
                 src = _source(sub)
                 r = f.line("t", metric, source=src, color=color_for(g, groups), line_width=2)
                 items.append((f"{g} ({rid[-6:]})", [r]))
@@ -493,8 +617,84 @@ def run_timeseries(ts: pd.DataFrame, metric: str = "mbps", group: str = "io",
                     (metric, f"@{metric}{{0,0.0}} {unit}")], mode="vline"))
     if items:
         f.add_layout(Legend(items=items, location="top_left"))
-    return captioned(f, "The warm-up is excluded from every figure; look for a flat plateau "
-                     "in the measured window (a slope means the run had not settled).")
+    return captioned(f, "Grey: warm-up before the measured window and drain after it, shown "
+                     "here but counted in no figure or table; the clear stretch is the "
+                     "measured window. Look for a flat plateau there (a slope means the run "
+                     "had not settled).")
+
+
+def _shade_phases(f: Any, run_ts: pd.DataFrame) -> None:
+    """Grey boxes over one run's ticks outside its measured window (phase "warmup" before
+    it, "drain" after it)."""
+    t = pd.to_numeric(run_ts["t"], errors="coerce")
+    win = t[run_ts["phase"] == "window"]
+    if win.empty:
+        return
+    for left, right in ((t.min(), win.min()), (win.max(), t.max())):
+        if right > left:
+            f.add_layout(BoxAnnotation(left=float(left), right=float(right),
+                                       fill_color="#888888", fill_alpha=0.12, line_alpha=0,
+                                       level="underlay"))
+
+
+def efficiency_curve(runs: pd.DataFrame, group: str = "io", metric: str = "cpu_s_per_gbit",
+                     caption: str | None = None, order: Sequence[Any] = ()) -> Any:
+    """`metric` (relay CPU-seconds per Gbit) against the offered rate, one line per `group`
+    (an I/O mode): every run a point, the line through the mean per offered rate with its
+    95 % CI. Unpaced runs sit at the rate they actually offered (open markers). x is log:
+    the rates span a decade or more."""
+    from labkit.lab.stats import summarize
+
+    ok = runs[runs["status"] == "ok"] if "status" in runs else runs
+    name, unit = FIGURES.get(metric, (metric, ""))
+    f = figure(title=f"Efficiency curve: {name} against offered load", height=380,
+               width=820, tools=_TOOLS, x_axis_type="log",
+               x_axis_label="offered rate (Mbit/s, log scale; unpaced: what the senders "
+                            "managed)", y_axis_label=f"{name} ({unit})")
+    groups = [g for g in order if g in set(ok[group])] or (_groups(ok, group)
+                                                            if not ok.empty else [])
+    items = []
+    for g in groups:
+        sub = ok[ok[group] == g].copy()
+        sub["paced"] = sub["rate_mbps"].notna() if "rate_mbps" in sub else True
+        colour = color_for(g, groups)
+        st = summarize(sub, by=["rate_mbps"], metrics=[metric, "offered_mbps"])
+        wide = st.pivot_table(index="rate_mbps", columns="metric", values=["mean", "ci_low",
+                              "ci_high"], dropna=False) if not st.empty else pd.DataFrame()
+        if not wide.empty:
+            pts = pd.DataFrame({
+                "x": wide[("mean", "offered_mbps")], "mean": wide[("mean", metric)],
+                "low": wide[("ci_low", metric)].fillna(wide[("mean", metric)]),
+                "high": wide[("ci_high", metric)].fillna(wide[("mean", metric)]),
+            }).dropna(subset=["x", "mean"]).sort_values("x")
+            pts["label"] = str(g)
+            src = _source(pts)
+            line = f.line("x", "mean", source=src, color=colour, line_width=2.5)
+            f.add_layout(Whisker(source=src, base="x", upper="high", lower="low",
+                                 line_color=colour))
+            f.add_tools(HoverTool(renderers=[line], tooltips=[
+                ("mode", "@label"), ("offered", "@x{0,0} Mbit/s"),
+                ("mean", f"@mean{{0,0.000}} {unit}"),
+                ("95% CI", "@low{0,0.000} – @high{0,0.000}")]))
+            items.append((str(g), [line]))
+        for paced, marker in ((True, "circle"), (False, "circle_x")):
+            part = sub[sub["paced"] == paced][["offered_mbps", metric, "run_id",
+                                               "loss_pct"]].dropna(subset=[metric])
+            if part.empty:
+                continue
+            part = part.assign(label=str(g), kind="paced" if paced else "unpaced")
+            dots = f.scatter("offered_mbps", metric, source=_source(part), color=colour,
+                             size=7, alpha=0.6, marker=marker)
+            f.add_tools(HoverTool(renderers=[dots], tooltips=[
+                ("mode", "@label"), ("run", "@run_id"), ("load", "@kind"),
+                ("offered", "@offered_mbps{0,0} Mbit/s"),
+                (name, f"@{metric}{{0,0.000}} {unit}"), ("loss", "@loss_pct{0.0} %")]))
+    if items:
+        f.add_layout(Legend(items=items, location="top_right"))
+    f.y_range.start = 0
+    return captioned(f, caption or "Each point is a run, each line the mean per offered rate "
+                     "with its 95 % CI; crossed circles are unpaced runs. Where one mode's "
+                     "line lies below another's, it does the same work on less CPU.")
 
 
 def comparison_figures(runs: pd.DataFrame, stats: pd.DataFrame,

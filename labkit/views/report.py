@@ -24,7 +24,7 @@ from bokeh.resources import INLINE
 
 from labkit.lab import store
 from labkit.lab.stats import summarize, welch
-from labkit.views import plots
+from labkit.views import fmt, plots
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px 36px;
@@ -67,19 +67,10 @@ def _kv(rows: Sequence[tuple[str, Any]]) -> str:
     return f'<table class="kv">{body}</table>'
 
 
-def number(v: float) -> str:
-    """4 significant digits, no exponent for everyday magnitudes."""
-    if v != v:
-        return "–"
-    if abs(v) >= 1e4:
-        return f"{v:,.0f}"
-    return f"{v:.4g}"
-
-
 def _table(df: pd.DataFrame) -> str:
     if df.empty:
         return "<p><i>none</i></p>"
-    return df.to_html(index=False, na_rep="–", border=0, escape=True, float_format=number)
+    return fmt.frame(df).to_html(index=False, na_rep=fmt.NA, border=0, escape=True)
 
 
 def _unique(values: Any) -> str:
@@ -174,11 +165,15 @@ def build(runs: pd.DataFrame, metas: dict[str, dict[str, Any]],
                      "over the repeats. Significant: p &lt; 0.05.</p>")
         view = cmp.drop(columns=["factor", "a", "b"]).copy()
         view["metric"] = view["metric"].map(lambda m: plots._label(m))
+        view["p"] = view["p"].map(fmt.pvalue)
+        view["ratio"] = view["ratio"].map(fmt.ratio)
         parts.append(_table(view))
 
     before = "\n".join(parts) + "\n<h2>Figures</h2>"
     parts = []
-    parts.append("<h2>Statistics per point (mean, median, 95 % t-interval)</h2>")
+    parts.append("<h2>Statistics per point (mean, median, 95 % t-interval)</h2>"
+                 "<p>No figure here can be negative: where a skewed sample's t-interval "
+                 "reaches below 0, its lower end is cut at 0 (ci_clipped).</p>")
     parts.append(_table(stats))
 
     bad = runs[runs["status"] != "ok"] if not runs.empty else runs
