@@ -118,9 +118,16 @@ class Placement:
     def workers(self) -> tuple[str, ...]:
         return (self.relay, *self.load)
 
+    def label(self, worker: str) -> str:
+        """How a run names a worker's host: its address's host, or the whole worker
+        address where two placed workers share a host (a LocalCluster)."""
+        host = worker_host(worker)
+        shared = sum(worker_host(w) == host for w in self.workers) > 1
+        return worker if shared else host
+
     def describe(self) -> str:
-        return (f"relay on {worker_host(self.relay)}, load on "
-                + ", ".join(worker_host(w) for w in self.load))
+        return (f"relay on {self.label(self.relay)}, load on "
+                + ", ".join(self.label(w) for w in self.load))
 
 
 def split_pairs(pairs: int, hosts: int) -> list[int]:
@@ -253,6 +260,7 @@ def relay_task(run_key: str, relay_args: Mapping[str, Any], hz: float, perf: str
                 cert = f.read()
         out.put({"kind": "ready", "host": host, "port": relay.port, "tls": relay.tls,
                  "pid": relay.pid, "cert_pem": cert, "pinning": state["pinning"],
+                 "netns": _netns(relay.pid), "sampler_netns": _netns(os.getpid()),
                  "sources": dict(sampler.sources), "wall": time.time()})
         streamer = _Streamer(sampler, out)
         edges: list[float] = []
@@ -262,7 +270,8 @@ def relay_task(run_key: str, relay_args: Mapping[str, Any], hz: float, perf: str
                     edges = sorted(edges + list(msg["edges"]))
             wake = min([time.time() + SLICE, *edges])
             while edges and time.time() >= edges[0]:
-                out.put({"kind": "edge", "snap": _relay_snap(relay, proc)})
+                out.put({"kind": "edge", "snap": _relay_snap(relay, proc)
+                         | {"peers": _peers(relay.pid, relay.port)}})
                 edges.pop(0)
             streamer.flush()
             if relay.returncode is not None:
@@ -292,6 +301,26 @@ def _relay_snap(relay: Any, proc: Any) -> dict[str, Any]:
     return {"wall": t, "counters": counters, "relay_cpu_s": tot.cpu_s,
             "relay_user_s": tot.utime_s, "relay_sys_s": tot.stime_s,
             "relay_ctx": tot.ctx_switches}
+
+
+def _netns(pid: int) -> list[int]:
+    """(device, inode) of pid's network namespace: what /run/netns/NAME of the testbed
+    host it runs in has too."""
+    st = os.stat(f"/proc/{pid}/ns/net")
+    return [st.st_dev, st.st_ino]
+
+
+def _peers(pid: int, port: int) -> list[str]:
+    """The remote addresses of the established TCP connections to `port`, as the relay's
+    own network namespace sees them (/proc/PID/net/tcp): where its clients really are."""
+    peers = set()
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            local, remote, state = line.split()[1:4]
+            if state == "01" and int(local.split(":")[1], 16) == port:
+                ip = bytes.fromhex(remote.split(":")[0])[::-1]  # little-endian on x86/arm
+                peers.add(socket.inet_ntoa(ip))
+    return sorted(peers)
 
 
 def _settled(relay: Any) -> dict[str, int]:
@@ -453,7 +482,8 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
         if kind == "rows":
             rows.extend(msg["rows"])
         elif kind == "ready":
-            ready[who] = msg
+            ready[who] = msg | {"worker": placement.relay if who == "relay" else
+                                placement.load[int(who.removeprefix("load"))]}
         elif kind == "edge":
             edges.append(msg["snap"])
         elif kind == "error":
@@ -502,9 +532,13 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
                          f"the relay to start on {worker_host(placement.relay)}")
         if ok:
             address.set(ready["relay"])
+            rate = load_args.get("rate_mbps")
             for i, (w, pairs) in enumerate(zip(placement.load, split, strict=True)):
+                share = {"pairs": pairs}
+                if rate is not None:  # the offered rate is over all senders: split it too
+                    share["rate_mbps"] = rate * pairs / sum(split)
                 futures.append(client.submit(
-                    load_task, run_key, i, dict(load_args) | {"pairs": pairs}, hz,
+                    load_task, run_key, i, dict(load_args) | share, hz,
                     start_timeout, stop_grace, workers=[w], allow_other_workers=False,
                     pure=False, key=f"{run_key}-load{i}-task"))
             ok = slice_until(lambda: all(f"load{i}" in ready for i in range(len(load_qs))),
@@ -561,24 +595,26 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
         fail("a load host returned no result")
     for e in edges:
         e["t"] = offsets[placement.relay].to_client(e.pop("wall")) - t0
+    label = placement.label
     hosts = {
-        "relay": worker_host(placement.relay),
-        "load": [worker_host(w) for w in placement.load],
+        "relay": label(placement.relay),
+        "load": [label(w) for w in placement.load],
         "workers": {"relay": placement.relay, "load": list(placement.load)},
         "pairs_per_load_host": split,
-        "clock": {worker_host(w): {"offset_s": offsets[w].offset_s,
-                                   "bound_s": offsets[w].bound_s}
+        "clock": {label(w): {"offset_s": offsets[w].offset_s, "bound_s": offsets[w].bound_s}
                   for w in placement.workers},
         "clock_method": "scheduler round trips: offset = worker time.time() - (t0+t1)/2, "
                         "bound = (t1-t0)/2, shortest of "
                         f"{CLOCK_SAMPLES} round trips kept",
         "relay_window": [window[0] - t0, window[1] - t0],
-        "load_lateness_s": {
-            worker_host(w): (offsets[w].to_client(ready[f"load{i}"]["wall"])
-                             + load_args["warmup"] - window[0])
-            for i, w in enumerate(placement.load) if f"load{i}" in ready},
-        "pinning": {who: m.get("pinning") for who, m in ready.items()},
+        # how much later each load's window began than the earliest's
+        "load_lateness_s": _lateness(ready, placement, offsets),
+        "pinning": {f"{label(m['worker'])} ({who.rstrip('0123456789')})": m.get("pinning")
+                    for who, m in ready.items()},
         "relay_exit_code": relay_state.get("exit_code"),
+        "relay_netns": ready.get("relay", {}).get("netns"),
+        "relay_sampler_netns": ready.get("relay", {}).get("sampler_netns"),
+        "relay_peers": edges[0].get("peers", []) if edges else [],
         "relay_final_counters": relay_state.get("final_counters", {}),
     }
     sources = {f"relay@{hosts['relay']}:{k}": v
@@ -586,6 +622,14 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
     timeline = merge_timelines(relay_rows, load_rows, offsets_for(), t0)
     return PlacedRun(info["status"], info["error"], info["stderr_tail"], t0, window,
                      sorted(edges, key=lambda e: e["t"]), results, timeline, hosts, sources)
+
+
+def _lateness(ready: Mapping[str, Any], placement: Placement,
+              offsets: Mapping[str, ClockOffset]) -> dict[str, float]:
+    starts = {placement.label(w): offsets[w].to_client(ready[f"load{i}"]["wall"])
+              for i, w in enumerate(placement.load) if f"load{i}" in ready}
+    first = min(starts.values(), default=0.0)
+    return {host: t - first for host, t in starts.items()}
 
 
 def merge_timelines(relay_rows: Sequence[Mapping[str, Any]],
