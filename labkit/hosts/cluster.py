@@ -182,6 +182,12 @@ def _load_queue(run_key: str, i: int) -> str:
     return f"{run_key}-load{i}"
 
 
+def _prime() -> None:
+    import labkit.counters.sampler  # noqa: F401
+    import labkit.procs.load  # noqa: F401
+    import labkit.procs.relay  # noqa: F401
+
+
 def _this_worker() -> tuple[Any, str, str]:
     from distributed import get_worker
 
@@ -447,6 +453,10 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
     if missing:
         raise ClusterError(f"worker(s) {', '.join(missing)} are not in the cluster "
                            f"(it has {', '.join(sorted(workers)) or 'none'})")
+    # what the tasks import, imported on every placed worker first: a worker's first
+    # import of pandas and labkit takes a second or more on a busy machine, which would
+    # otherwise start one load host's window that much later than another's
+    client.run(_prime, workers=list(placement.workers))
     offsets = clock_offsets(client, placement.workers)
     run_key = f"labkit-{secrets.token_hex(6)}"
     names = _names(run_key)
@@ -494,7 +504,7 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
         for w in placement.workers:
             if w not in here:
                 role = "relay" if w == placement.relay else "load"
-                return f"the {role} host {worker_host(w)} ({w}) left the cluster mid-run"
+                return f"the {role} host {w} left the cluster mid-run"
         for f in futures:
             if f.status == "error":
                 return f"a task failed on the cluster: {f.exception()!r}"
@@ -564,12 +574,16 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
         pump()
     finally:
         stop.set()
-        wait(futures, timeout=STOP_WAIT)
+        # a task whose worker is gone never returns: cancel it, wait for the others
+        here = set(client.scheduler_info()["workers"])
+        placed_on = [placement.relay, *placement.load]
+        alive = [f for f, w in zip(futures, placed_on, strict=False) if w in here]
+        with contextlib.suppress(TimeoutError):
+            wait(alive, timeout=STOP_WAIT)
         for f in futures:
             if f.done() and f.status == "finished":
                 continue
-            fail("a task did not return after the stop Event: "
-                 f"{f.key} is {f.status}")
+            fail(f"a task did not return after the stop Event: {f.key} is {f.status}")
             f.cancel()
         for i, f in enumerate(futures):
             if f.status != "finished":
@@ -612,9 +626,10 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
         "pinning": {f"{label(m['worker'])} ({who.rstrip('0123456789')})": m.get("pinning")
                     for who, m in ready.items()},
         "relay_exit_code": relay_state.get("exit_code"),
-        "relay_netns": ready.get("relay", {}).get("netns"),
-        "relay_sampler_netns": ready.get("relay", {}).get("sampler_netns"),
-        "relay_peers": edges[0].get("peers", []) if edges else [],
+        # lists, as the stored run's JSON has them (the queues deliver tuples)
+        "relay_netns": list(ready.get("relay", {}).get("netns") or []),
+        "relay_sampler_netns": list(ready.get("relay", {}).get("sampler_netns") or []),
+        "relay_peers": list(edges[0].get("peers", [])) if edges else [],
         "relay_final_counters": relay_state.get("final_counters", {}),
     }
     sources = {f"relay@{hosts['relay']}:{k}": v

@@ -36,8 +36,16 @@ WORKER_THREADS = 2  # a run's task holds one for its whole run; the other serves
 WORKERS_TIMEOUT = 60.0
 
 
+# `ip netns exec` gives the host a /sys of its own, without tracefs, where perf's syscall
+# tracepoints live; the worker mounts it there (in that private mount namespace only: the
+# machine's mounts do not change) so the relay's host has perf as a local run has.
+_WITH_TRACEFS = ("mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev "
+                 "/sys/kernel/tracing 2>/dev/null; exec \"$@\"")
+
+
 def _worker_argv(scheduler: str, address: str, name: str, directory: str) -> list[str]:
-    return [sys.executable, "-m", "distributed.cli.dask_worker", scheduler, "--host", address,
+    return ["sh", "-c", _WITH_TRACEFS, "sh",
+            sys.executable, "-m", "distributed.cli.dask_worker", scheduler, "--host", address,
             "--name", name, "--nthreads", str(WORKER_THREADS), "--no-nanny",
             "--no-dashboard", "--local-directory", directory, "--death-timeout", "30"]
 

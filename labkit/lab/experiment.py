@@ -176,14 +176,16 @@ def _placement_problems(load: LoadConfig, cluster: Any, placement: Any,
                         load_hosts: int | None) -> list[Problem]:
     p: list[Problem] = []
     if cluster is None and (placement is not None or load_hosts is not None):
-        p.append(Problem("cluster", None, "a placement or load_hosts needs a cluster",
-                         "give cluster=distributed.Client(...) or drop them",
-                         cli_fix="give --cluster ADDRESS or drop --load-hosts"))
+        p.append(Problem("cluster", None, "{load_hosts} (or a placement) puts a run on "
+                         "several hosts: it needs a cluster", "give cluster= a "
+                         "distributed.Client, or drop it", cli_fix="give --cluster ADDRESS or "
+                         "drop --load-hosts", form=""))
     if load_hosts is not None and not (
             isinstance(load_hosts, int) and not isinstance(load_hosts, bool)
             and isinstance(load.pairs, int) and 1 <= load_hosts <= load.pairs):
-        p.append(Problem("load_hosts", load_hosts, f"load_hosts must be 1..pairs "
-                         f"({load.pairs}): each load host runs at least one pair"))
+        p.append(Problem("load_hosts", load_hosts, f"{{load_hosts}} must be 1..pairs "
+                         f"({load.pairs}), not {load_hosts!r}: each load host runs at least "
+                         "one pair", form=""))
     return p
 
 
@@ -505,7 +507,8 @@ def _run_on_cluster(cluster: Any, placement: Any, load_hosts: int | None,
         ticks["run_id"] = run_id
         for k, v in labels.items():
             ticks[k] = v
-    hosts = run.hosts | {"figure_hosts": _figure_hosts(run.hosts)}
+    hosts = run.hosts | {"figure_hosts": _figure_hosts(run.hosts),
+                         "load_results": run.load_results}
     summary = {
         "run_id": run_id, "status": run.status, "error": run.error,
         "stderr_tail": _tail(run.stderr_tail or "") or None, "started_at": started_at,
