@@ -18,9 +18,10 @@ distributed Variables, Queues and one Event per run, named by the run:
 
 - readiness: a task puts one "ready" message first on its queue; the client polls
   Queue.qsize (a timed-out get would log an error in dask);
-- the relay window: once every load is connected the client puts the window's edges on
-  the relay's control queue, in the relay host's clock, and the relay task takes its
-  counter snapshots exactly there (like a local run's window.snapshot);
+- the relay window: where every load is in its own window (each starts its warm-up when
+  it reports connected); the relay's figures over it come from its host's sampler rows,
+  interpolated at the window's edges (labkit.lab.experiment), so they do not depend on
+  when a task wakes up on a busy machine;
 - stop: the client sets the run's stop Event; every task waits on it in 0.25 s slices
   and returns when it is set, so a failed run (a load host gone, a relay dead) frees its
   workers' threads: left running, a failed run's tasks would hold the next run's workers.
@@ -65,6 +66,10 @@ CLOCK_SAMPLES = 7
 STOP_WAIT = 20.0  # seconds for every task to return after the stop Event
 SETTLE = 0.1  # seconds between the relay's last counter reads: equal twice = settled
 SETTLE_LIMIT = 2.0
+# A worker whose connection to the scheduler stalls (a heartbeat stuck behind a shaped
+# link's queue on a busy machine) drops out of the scheduler's list and comes back; one
+# missing for this long is gone.
+LOST_GRACE = 3.0
 
 
 class ClusterError(RuntimeError):
@@ -175,7 +180,7 @@ def clock_offsets(client: Any, workers: Sequence[str],
 
 def _names(run_key: str) -> dict[str, str]:
     return {"stop": f"{run_key}-stop", "relay": f"{run_key}-relay",
-            "control": f"{run_key}-control", "address": f"{run_key}-address"}
+            "address": f"{run_key}-address"}
 
 
 def _load_queue(run_key: str, i: int) -> str:
@@ -229,18 +234,17 @@ def _pin(pid: int, cpus: Sequence[int], what: str) -> str:
 def relay_task(run_key: str, relay_args: Mapping[str, Any], hz: float, perf: str | bool,
                start_timeout: float, stop_grace: float) -> dict[str, Any]:
     """On the relay's worker: start the relay on this host's address, pin it, sample it
-    and stream the rows; snapshot at the window edges the client sends; stop by pid when
-    the run's stop Event is set. Returns the relay's final state."""
+    and stream the rows, noting where its clients connect from; stop by pid when the
+    run's stop Event is set. Returns the relay's final state."""
     from distributed import Event, Queue
 
     from labkit.config import RelayConfig
-    from labkit.counters.procfs import ProcThreads
     from labkit.counters.sampler import Sampler
     from labkit.procs import pinning
     from labkit.procs.relay import Relay
 
     names = _names(run_key)
-    stop, out, control = Event(names["stop"]), Queue(names["relay"]), Queue(names["control"])
+    stop, out = Event(names["stop"]), Queue(names["relay"])
     _, address, host = _this_worker()
     cfg = RelayConfig(**relay_args).replace(host=host, port=0)
     relay = Relay(cfg, start_timeout=start_timeout, stop_grace=stop_grace)
@@ -259,7 +263,6 @@ def relay_task(run_key: str, relay_args: Mapping[str, Any], hz: float, perf: str
             _pin(relay.pid, relay_cpus, "relay")
         sampler = Sampler(relay=relay, load=None, hz=hz, run_id=run_key, perf=perf)
         sampler.start()
-        proc = ProcThreads(relay.pid)
         cert = None
         if relay.cert_file:
             with open(relay.cert_file) as f:
@@ -269,16 +272,9 @@ def relay_task(run_key: str, relay_args: Mapping[str, Any], hz: float, perf: str
                  "netns": _netns(relay.pid), "sampler_netns": _netns(os.getpid()),
                  "sources": dict(sampler.sources), "wall": time.time()})
         streamer = _Streamer(sampler, out)
-        edges: list[float] = []
+        peers: set[str] = set()
         while not stop.is_set():
-            if control.qsize():
-                for msg in control.get(batch=True):
-                    edges = sorted(edges + list(msg["edges"]))
-            wake = min([time.time() + SLICE, *edges])
-            while edges and time.time() >= edges[0]:
-                out.put({"kind": "edge", "snap": _relay_snap(relay, proc)
-                         | {"peers": _peers(relay.pid, relay.port)}})
-                edges.pop(0)
+            peers |= set(_peers(relay.pid, relay.port))
             streamer.flush()
             if relay.returncode is not None:
                 code = relay.wait(stop_grace)
@@ -286,7 +282,8 @@ def relay_task(run_key: str, relay_args: Mapping[str, Any], hz: float, perf: str
                 out.put({"kind": "error", "error": f"the relay on {host} died mid-run ({how})",
                          "stderr_tail": relay.stderr_tail})
                 break
-            stop.wait(max(0.0, min(SLICE, wake - time.time())))
+            stop.wait(SLICE)
+        state["peers"] = sorted(peers)
         state["final_counters"] = _settled(relay) if relay.returncode is None else {}
         sampler.stop()
         streamer.flush()
@@ -298,15 +295,6 @@ def relay_task(run_key: str, relay_args: Mapping[str, Any], hz: float, perf: str
         code = relay.stop()
     state |= {"status": "ok", "exit_code": code, "stderr_tail": relay.stderr_tail[-4000:]}
     return state
-
-
-def _relay_snap(relay: Any, proc: Any) -> dict[str, Any]:
-    t = time.time()
-    counters = relay.counters()
-    tot = proc.sample().total
-    return {"wall": t, "counters": counters, "relay_cpu_s": tot.cpu_s,
-            "relay_user_s": tot.utime_s, "relay_sys_s": tot.stime_s,
-            "relay_ctx": tot.ctx_switches}
 
 
 def _netns(pid: int) -> list[int]:
@@ -424,7 +412,6 @@ class PlacedRun:
     stderr_tail: str | None
     t0: float  # client wall clock of t = 0
     window: tuple[float, float]  # the relay window's edges, client wall clock
-    edges: list[dict[str, Any]]  # the relay's snapshots at the edges (client clock "t")
     load_results: list[dict[str, Any]]  # LoadResult fields, per load host
     timeline: pd.DataFrame
     hosts: dict[str, Any]
@@ -461,13 +448,12 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
     run_key = f"labkit-{secrets.token_hex(6)}"
     names = _names(run_key)
     stop, relay_q = Event(names["stop"]), Queue(names["relay"])
-    control, address = Queue(names["control"]), Variable(names["address"])
+    address = Variable(names["address"])
     load_qs = [Queue(_load_queue(run_key, i)) for i in range(len(placement.load))]
     split = split_pairs(int(load_args["pairs"]), len(placement.load))
     info: dict[str, Any] = {"status": "ok", "error": None, "stderr_tail": None}
     relay_rows: list[dict[str, Any]] = []
     load_rows: list[list[dict[str, Any]]] = [[] for _ in placement.load]
-    edges: list[dict[str, Any]] = []
     ready: dict[str, Any] = {}
     futures: list[Any] = []
     t0 = time.time()
@@ -494,15 +480,18 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
         elif kind == "ready":
             ready[who] = msg | {"worker": placement.relay if who == "relay" else
                                 placement.load[int(who.removeprefix("load"))]}
-        elif kind == "edge":
-            edges.append(msg["snap"])
         elif kind == "error":
             fail(msg["error"], msg.get("stderr_tail"))
 
+    missing_since: dict[str, float] = {}
+
     def lost_host() -> str | None:
         here = set(client.scheduler_info()["workers"])
+        now = time.monotonic()
         for w in placement.workers:
-            if w not in here:
+            if w in here:
+                missing_since.pop(w, None)
+            elif now - missing_since.setdefault(w, now) >= LOST_GRACE:
                 role = "relay" if w == placement.relay else "load"
                 return f"the {role} host {w} left the cluster mid-run"
         for f in futures:
@@ -564,8 +553,6 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
                 fail(f"the load hosts connected {max(starts) - min(starts):.2f} s apart, "
                      f"more than the {load_args['duration']} s window")
             else:
-                off = offsets[placement.relay].offset_s
-                control.put({"edges": [window[0] + off, window[1] + off]})
                 if on_ready is not None:
                     on_ready(dict(ready))
                 total = load_args["warmup"] + load_args["duration"] + 10.0 + 4 * stop_grace
@@ -594,7 +581,7 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
             elif "result" in state:
                 results.append(state["result"] | {"host": state["host"]})
         pump()
-        for q in (relay_q, control, *load_qs):
+        for q in (relay_q, *load_qs):
             with contextlib.suppress(Exception):
                 _drain(q)
             with contextlib.suppress(Exception):
@@ -603,12 +590,8 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
             address.delete()
         with contextlib.suppress(Exception):
             stop.clear()
-    if info["status"] == "ok" and len(edges) < 2:
-        fail("the relay took no snapshot at the window's edges")
     if info["status"] == "ok" and len(results) != len(placement.load):
         fail("a load host returned no result")
-    for e in edges:
-        e["t"] = offsets[placement.relay].to_client(e.pop("wall")) - t0
     label = placement.label
     hosts = {
         "relay": label(placement.relay),
@@ -629,14 +612,14 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
         # lists, as the stored run's JSON has them (the queues deliver tuples)
         "relay_netns": list(ready.get("relay", {}).get("netns") or []),
         "relay_sampler_netns": list(ready.get("relay", {}).get("sampler_netns") or []),
-        "relay_peers": list(edges[0].get("peers", [])) if edges else [],
+        "relay_peers": list(relay_state.get("peers", [])),
         "relay_final_counters": relay_state.get("final_counters", {}),
     }
     sources = {f"relay@{hosts['relay']}:{k}": v
                for k, v in (relay_state.get("sources") or {}).items()}
     timeline = merge_timelines(relay_rows, load_rows, offsets_for(), t0)
     return PlacedRun(info["status"], info["error"], info["stderr_tail"], t0, window,
-                     sorted(edges, key=lambda e: e["t"]), results, timeline, hosts, sources)
+                     results, timeline, hosts, sources)
 
 
 def _lateness(ready: Mapping[str, Any], placement: Placement,

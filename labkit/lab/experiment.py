@@ -495,7 +495,7 @@ def _run_on_cluster(cluster: Any, placement: Any, load_hosts: int | None,
     ws, we = run.window
     t0 = run.t0
     if run.status == "ok":
-        s0, s1 = (_placed_snap(e, run.timeline) for e in run.edges[:2])
+        s0, s1 = (_placed_snap(run.timeline, t - t0) for t in run.window)
         combined = _combined_result([placed_result(r) for r in run.load_results])
         figures = window.window_figures(s0, s1, combined, load_cfg.size)
     ticks = _placed_ticks(run.timeline)
@@ -568,14 +568,27 @@ def _combined_result(results: Sequence[Any]) -> Any:
         total_sent=total("total_sent"), total_received=total("total_received"))
 
 
-def _placed_snap(edge: Mapping[str, Any], timeline: pd.DataFrame) -> window.Snap:
-    """A window edge: the relay's snapshot there, the load hosts' CPU at that time."""
-    load_cpu = float("nan")
-    if "proc.load.cpu_s" in timeline and not timeline.empty:
-        load_cpu = float(np.interp(edge["t"], timeline["t"].astype(float),
-                                   timeline["proc.load.cpu_s"].astype(float)))
-    return window.Snap(edge["t"], dict(edge["counters"]), edge["relay_cpu_s"],
-                       edge["relay_user_s"], edge["relay_sys_s"], edge["relay_ctx"], load_cpu)
+def _placed_snap(timeline: pd.DataFrame, t: float) -> window.Snap:
+    """A window edge at t: the hosts' cumulative columns interpolated between the relay
+    host's sampler ticks around it (the relay's counters grow steadily between ticks a
+    tenth of a second apart; the load hosts' CPU is their sum)."""
+    ts = timeline["t"].astype(float).to_numpy()
+
+    def at(col: str) -> float:
+        if col not in timeline:
+            return float("nan")
+        v = timeline[col].astype(float).to_numpy()
+        ok = np.isfinite(v)
+        return float(np.interp(t, ts[ok], v[ok])) if ok.any() else float("nan")
+
+    def count(col: str) -> int:
+        v = at(col)
+        return round(v) if math.isfinite(v) else 0
+
+    counters = {c.removeprefix("relay."): count(c) for c in timeline if c.startswith("relay.")}
+    return window.Snap(t, counters, at("proc.relay.cpu_s"), at("proc.relay.utime_s"),
+                       at("proc.relay.stime_s"), count("proc.relay.ctx_switches"),
+                       at("proc.load.cpu_s"))
 
 
 def _placed_ticks(timeline: pd.DataFrame) -> pd.DataFrame:
