@@ -308,7 +308,8 @@ DELAY_MS = 10.0  # per link: a host-to-host round trip is 20 ms
 def guest_delay_through_dask() -> dict[str, Any]:
     """In the guest: a 3-host testbed with dask workers, one echo run unshaped and one
     with DELAY_MS on every link (reshaped in place), the relay in host 1 and the echo
-    load in host 2. Returns both runs' latency and the hosts."""
+    load in host 2. Returns both runs' latency and the hosts. (A process start in the
+    one-CPU guest takes seconds: hence the long start_timeout.)"""
     from labkit.hosts.testbed_cluster import testbed_client
 
     out: dict[str, Any] = {"caps": qdisc.shaping_caps()}
@@ -318,7 +319,7 @@ def guest_delay_through_dask() -> dict[str, Any]:
             r = experiment.run(RelayConfig(), LoadConfig(mode="echo", pairs=1, size=200,
                                                          rate_mbps=0.5),
                                duration=2.0, warmup=0.5, cluster=c, load_hosts=1,
-                               perf=False, check=False)
+                               perf=False, check=False, start_timeout=60)
             out[label] = {"status": r.status, "error": r.error,
                           "p50_ms": float(r.summary["lat_p50_us"]) / 1000,
                           "min_ms": float(r.meta["hosts"]["load_results"][0]["latency"]["min"])

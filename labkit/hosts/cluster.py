@@ -447,9 +447,12 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
     offsets = clock_offsets(client, placement.workers)
     run_key = f"labkit-{secrets.token_hex(6)}"
     names = _names(run_key)
-    stop, relay_q = Event(names["stop"]), Queue(names["relay"])
-    address = Variable(names["address"])
-    load_qs = [Queue(_load_queue(run_key, i)) for i in range(len(placement.load))]
+    # client= every time: the default client is the newest one made in this process,
+    # which need not be this run's cluster (a notebook may hold several)
+    stop, relay_q = Event(names["stop"], client=client), Queue(names["relay"], client=client)
+    address = Variable(names["address"], client=client)
+    load_qs = [Queue(_load_queue(run_key, i), client=client)
+               for i in range(len(placement.load))]
     split = split_pairs(int(load_args["pairs"]), len(placement.load))
     info: dict[str, Any] = {"status": "ok", "error": None, "stderr_tail": None}
     relay_rows: list[dict[str, Any]] = []
