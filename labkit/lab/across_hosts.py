@@ -44,9 +44,11 @@ FIGURES = ("mbps", "loss_pct", "drops", "syscalls_per_packet", "perf_syscalls_pe
 def compare(io: Sequence[str] = ("epoll", "uring"),
             shapes: Mapping[str, Mapping[str, float]] | None = None, *,
             duration: float = 2.0, warmup: float = 0.5, pairs: int = 4,
-            name: str = "lkw", subnet: str = "10.77.0.0/24") -> dict[str, Any]:
+            name: str = "lkw", subnet: str = "10.77.0.0/24",
+            start_timeout: float = 10.0) -> dict[str, Any]:
     """Every (shape, io) pair's throughput and ping run on one 3-host testbed; returns
-    {"machine", "kernel", "date", "rows": [one dict per run]} (see the module text)."""
+    {"machine", "kernel", "date", "rows": [one dict per run]} (see the module text).
+    start_timeout: for each process to start (the one-CPU sandbox guest needs 60 s)."""
     from labkit.hosts.qdisc import LinkShape
     from labkit.hosts.testbed import Testbed
     from labkit.hosts.testbed_cluster import testbed_client
@@ -64,7 +66,7 @@ def compare(io: Sequence[str] = ("epoll", "uring"),
                                             rate_mbps=PING_RATE_MBPS))):
                     r = experiment.run(RelayConfig(io=mode), load, duration=duration,
                                        warmup=warmup, cluster=client, load_hosts=2,
-                                       check=False)
+                                       check=False, start_timeout=start_timeout)
                     rows.append(_row(r, shape_name, shape, mode, kind))
     return {"machine": store.machine(), "kernel": platform.release(),
             "date": datetime.now(UTC).isoformat(timespec="seconds"), "rows": rows}
@@ -83,7 +85,10 @@ def _row(r: Any, shape_name: str, shape: Mapping[str, float], mode: str,
            "queue_depth_max": final.get("queue_depth_max"),
            "queue_depth_mean": float(queued.mean()) if queued is not None and len(queued)
            else None,
-           "load_lateness_s": h.get("load_lateness_s"), "perf_source": s.get("perf_source")}
+           "load_lateness_s": h.get("load_lateness_s"), "perf_source": s.get("perf_source"),
+           # the fastest round trip of any load host: delay is a floor under every packet
+           "lat_min_us": min((x["latency"]["min"] for x in h.get("load_results") or []),
+                             default=None)}
     for k in FIGURES:
         v = s.get(k)
         row[k] = None if v is None or v != v else float(v)  # NaN -> None: JSON
