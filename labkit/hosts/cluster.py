@@ -180,7 +180,7 @@ def clock_offsets(client: Any, workers: Sequence[str],
 
 def _names(run_key: str) -> dict[str, str]:
     return {"stop": f"{run_key}-stop", "relay": f"{run_key}-relay",
-            "address": f"{run_key}-address"}
+            "address": f"{run_key}-address", "go": f"{run_key}-go"}
 
 
 def _load_queue(run_key: str, i: int) -> str:
@@ -361,6 +361,14 @@ def load_task(run_key: str, index: int, load_args: Mapping[str, Any], hz: float,
         cfg = LoadConfig(**load_args).replace(**changes)
         load = Load(cfg, start_timeout=start_timeout, stop_grace=stop_grace)
         sampler = None
+        # every load host spawns its process at the client's "go", once all are here: a
+        # load that started first would send through its warm-up while the others still
+        # start (on a one-CPU guest, starving them), and the windows would drift apart
+        out.put({"kind": "armed"})
+        go = Event(names["go"])
+        while not go.wait(SLICE):
+            if stop.is_set():
+                return state | {"status": "stopped"}
         try:
             try:
                 load.start()
@@ -451,6 +459,8 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
     # which need not be this run's cluster (a notebook may hold several)
     stop, relay_q = Event(names["stop"], client=client), Queue(names["relay"], client=client)
     address = Variable(names["address"], client=client)
+    go = Event(names["go"], client=client)
+    armed: set[str] = set()
     load_qs = [Queue(_load_queue(run_key, i), client=client)
                for i in range(len(placement.load))]
     split = split_pairs(int(load_args["pairs"]), len(placement.load))
@@ -480,6 +490,8 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
         kind = msg["kind"]
         if kind == "rows":
             rows.extend(msg["rows"])
+        elif kind == "armed":
+            armed.add(who)
         elif kind == "ready":
             ready[who] = msg | {"worker": placement.relay if who == "relay" else
                                 placement.load[int(who.removeprefix("load"))]}
@@ -543,7 +555,12 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
                     load_task, run_key, i, dict(load_args) | share, hz,
                     start_timeout, stop_grace, workers=[w], allow_other_workers=False,
                     pure=False, key=f"{run_key}-load{i}-task"))
-            ok = slice_until(lambda: all(f"load{i}" in ready for i in range(len(load_qs))),
+            ok = slice_until(lambda: len(armed) == len(load_qs),
+                             time.monotonic() + READY_TIMEOUT, "the load hosts to arm")
+            if ok:
+                go.set()
+            ok = ok and slice_until(
+                lambda: all(f"load{i}" in ready for i in range(len(load_qs))),
                              time.monotonic() + READY_TIMEOUT + start_timeout,
                              "the load generators to connect")
         if ok:
@@ -591,8 +608,9 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
                 q.close()
         with contextlib.suppress(Exception):
             address.delete()
-        with contextlib.suppress(Exception):
-            stop.clear()
+        for event in (stop, go):
+            with contextlib.suppress(Exception):
+                event.clear()
     if info["status"] == "ok" and len(results) != len(placement.load):
         fail("a load host returned no result")
     label = placement.label
