@@ -146,8 +146,8 @@ def test_two_workers_one_time_line_and_every_byte_accounted(client: Any) -> None
     assert r.summary["syscalls_per_packet"] > 0
     assert h["figure_hosts"]["syscalls_per_packet"] == h["relay"]
     assert h["figure_hosts"]["mbps"] == ",".join(h["load"])
-    lo, hi = h["relay_window"]
-    assert hi - lo == pytest.approx(1.5 - max(h["load_lateness_s"].values()), abs=0.05)
+    lo, hi = h["relay_window"]  # one window for all hosts, as long as asked
+    assert hi - lo == pytest.approx(1.5) and h["start_allowance_s"] > 0
 
 
 def test_pairs_and_rate_are_split_over_the_load_hosts(client: Any) -> None:
@@ -319,7 +319,8 @@ def guest_delay_through_dask() -> dict[str, Any]:
             r = experiment.run(RelayConfig(), LoadConfig(mode="echo", pairs=1, size=200,
                                                          rate_mbps=0.5),
                                duration=2.0, warmup=0.5, cluster=c, load_hosts=1,
-                               perf=False, check=False, start_timeout=60)
+                               perf=False, check=False, start_timeout=60,
+                               start_allowance=10)
             out[label] = {"status": r.status, "error": r.error,
                           "p50_ms": float(r.summary["lat_p50_us"]) / 1000,
                           "min_ms": float(r.meta["hosts"]["load_results"][0]["latency"]["min"])

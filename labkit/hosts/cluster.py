@@ -70,6 +70,7 @@ SETTLE_LIMIT = 2.0
 # link's queue on a busy machine) drops out of the scheduler's list and comes back; one
 # missing for this long is gone.
 LOST_GRACE = 3.0
+START_ALLOWANCE = 2.0  # seconds the load hosts may connect apart (see run_placed)
 
 
 class ClusterError(RuntimeError):
@@ -435,12 +436,21 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
                start_timeout: float = 10.0, stop_grace: float = 1.0,
                should_stop: Callable[[], bool] = lambda: False,
                on_ready: Callable[[dict[str, Any]], None] | None = None,
-               on_row: Callable[[pd.DataFrame], None] | None = None) -> PlacedRun:
+               on_row: Callable[[pd.DataFrame], None] | None = None,
+               start_allowance: float = START_ALLOWANCE) -> PlacedRun:
     """One run on the cluster: the relay on placement.relay, the load's pairs split over
     placement.load. relay_args/load_args: RelayConfig/LoadConfig fields (addresses are
     filled in on the hosts). should_stop() is asked every slice (a RunControl); on_ready
     gets the hosts' ready messages once all are up (tests kill a host there); on_row the
-    merged time line so far, once per slice (a live panel)."""
+    merged time line so far, once per slice (a live panel).
+
+    The window. Each load host starts its warm-up when it has connected, and the hosts
+    connect at different times (a process start takes longer on a busy host). So every
+    load runs `start_allowance` seconds longer than asked, and the run's window is one
+    for all: from the last host's end of warm-up, `duration` long, inside every host's
+    own window as long as they connected less than start_allowance apart (else the run
+    fails, saying so). The window's figures are taken over it from the hosts' counters
+    (labkit.lab.experiment), never from windows that differ per host."""
     from distributed import Event, Queue, Variable, wait
 
     workers = set(client.scheduler_info()["workers"])
@@ -548,7 +558,8 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
             address.set(ready["relay"])
             rate = load_args.get("rate_mbps")
             for i, (w, pairs) in enumerate(zip(placement.load, split, strict=True)):
-                share = {"pairs": pairs}
+                share = {"pairs": pairs,
+                         "duration": load_args["duration"] + start_allowance}
                 if rate is not None:  # the offered rate is over all senders: split it too
                     share["rate_mbps"] = rate * pairs / sum(split)
                 futures.append(client.submit(
@@ -564,18 +575,19 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
                              time.monotonic() + READY_TIMEOUT + start_timeout,
                              "the load generators to connect")
         if ok:
-            # load i's window starts warmup after it connected; the relay's window is where
-            # every load is in its own
+            # load i's own window starts warmup after it connected and lasts duration +
+            # start_allowance; the run's window starts at the last of them
             starts = [offsets[w].to_client(ready[f"load{i}"]["wall"]) + load_args["warmup"]
                       for i, w in enumerate(placement.load)]
-            window = (max(starts), min(starts) + load_args["duration"])
-            if window[1] <= window[0]:
+            window = (max(starts), max(starts) + load_args["duration"])
+            if max(starts) - min(starts) > start_allowance:
                 fail(f"the load hosts connected {max(starts) - min(starts):.2f} s apart, "
-                     f"more than the {load_args['duration']} s window")
+                     f"more than the start allowance of {start_allowance:g} s")
             else:
                 if on_ready is not None:
                     on_ready(dict(ready))
-                total = load_args["warmup"] + load_args["duration"] + 10.0 + 4 * stop_grace
+                total = (load_args["warmup"] + load_args["duration"] + start_allowance
+                         + 10.0 + 4 * stop_grace)
                 slice_until(lambda: all(f.done() for f in futures[1:]),
                             time.monotonic() + total, "the load generators to finish")
         pump()
@@ -625,6 +637,7 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
                         "bound = (t1-t0)/2, shortest of "
                         f"{CLOCK_SAMPLES} round trips kept",
         "relay_window": [window[0] - t0, window[1] - t0],
+        "start_allowance_s": start_allowance,
         # how much later each load's window began than the earliest's
         "load_lateness_s": _lateness(ready, placement, offsets),
         "pinning": {f"{label(m['worker'])} ({who.rstrip('0123456789')})": m.get("pinning")

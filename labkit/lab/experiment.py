@@ -267,13 +267,16 @@ def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
         on_start: Callable[[Relay, Load], None] | None = None,
         start_timeout: float = 10.0, stop_grace: float = STOP_GRACE,
         cluster: Any = None, placement: Any = None, load_hosts: int | None = None,
-        on_placed: Callable[[dict[str, Any]], None] | None = None) -> Result:
+        on_placed: Callable[[dict[str, Any]], None] | None = None,
+        start_allowance: float | None = None) -> Result:
     """Run the relay and the load generator once and measure.
 
     cluster: a distributed.Client: the relay runs on one of its workers and the load on
     others (labkit.hosts.cluster): placement (a cluster.Placement) says which, else
     Placement.spread(cluster, load_hosts or 1); the load's pairs are split over the load
     hosts. on_placed(ready messages) is called once every host runs (tests kill one).
+    start_allowance: how many seconds apart the load hosts may connect (default
+    cluster.START_ALLOWANCE; each load runs that much longer, see cluster.run_placed).
 
     duration/warmup override the LoadConfig's. live: a plots.LivePanel (or any callable)
     fed every sampler tick. control: a RunControl to stop the run from another thread.
@@ -297,7 +300,7 @@ def run(relay: RelayConfig | None = None, load: LoadConfig | None = None, *,
             cluster, placement, load_hosts, relay_cfg, load_cfg, hz=hz, perf=perf,
             labels=labels, live=live, control=control, store=store, check=check,
             run_id=run_id, on_placed=on_placed, start_timeout=start_timeout,
-            stop_grace=stop_grace)
+            stop_grace=stop_grace, start_allowance=start_allowance)
     from labkit.counters.sampler import Sampler  # the one sampler (loads the native module)
 
     control = control or RunControl()
@@ -461,7 +464,8 @@ def _run_on_cluster(cluster: Any, placement: Any, load_hosts: int | None,
                     control: RunControl | None, store: bool | str | os.PathLike[str],
                     check: bool, run_id: str | None,
                     on_placed: Callable[[dict[str, Any]], None] | None,
-                    start_timeout: float, stop_grace: float) -> Result:
+                    start_timeout: float, stop_grace: float,
+                    start_allowance: float | None) -> Result:
     """run() with the relay and the loads on the cluster's workers: the same summary
     columns and figures as a local run, the relay's from its host, the load's summed over
     the load hosts, and meta["hosts"] naming the host of every figure."""
@@ -489,14 +493,17 @@ def _run_on_cluster(cluster: Any, placement: Any, load_hosts: int | None,
     run = placed.run_placed(
         cluster, placement, relay_cfg.to_dict(), load_cfg.to_dict(), hz=hz, perf=perf,
         start_timeout=start_timeout, stop_grace=stop_grace,
-        should_stop=lambda: control.stopped, on_ready=on_placed, on_row=on_row)
+        should_stop=lambda: control.stopped, on_ready=on_placed, on_row=on_row,
+        start_allowance=placed.START_ALLOWANCE if start_allowance is None
+        else start_allowance)
     control.phase = "done"
     figures: dict[str, Any] = {}
     ws, we = run.window
     t0 = run.t0
     if run.status == "ok":
         s0, s1 = (_placed_snap(run.timeline, t - t0) for t in run.window)
-        combined = _combined_result([placed_result(r) for r in run.load_results])
+        combined = _window_result(run.timeline, ws - t0, we - t0,
+                                  [placed_result(r) for r in run.load_results], load_cfg.size)
         figures = window.window_figures(s0, s1, combined, load_cfg.size)
     ticks = _placed_ticks(run.timeline)
     if figures and not ticks.empty:
@@ -549,41 +556,52 @@ def placed_result(fields_: Mapping[str, Any]) -> Any:
     return LoadResult(**{k: v for k, v in fields_.items() if k in names})
 
 
-def _combined_result(results: Sequence[Any]) -> Any:
-    """The load hosts' results as one: counts, rates and sums added; each latency
-    percentile the worst host's (a bound: the hosts' samples are not merged)."""
+def _window_result(timeline: pd.DataFrame, ws: float, we: float, results: Sequence[Any],
+                   size: int) -> Any:
+    """What the load hosts did in the run's window [ws, we] (seconds on the time line),
+    as one LoadResult: packets sent and received and payload bytes from their counters
+    (summed over hosts, interpolated at the edges); lost is sent - received over the
+    window (packets in flight at either edge roughly cancel); each latency percentile is
+    the worst host's over its own (longer) window, a bound: the hosts' samples are not
+    merged."""
     from labkit.procs.load import LoadResult
 
-    def total(name: str) -> Any:
-        values = [getattr(r, name) for r in results]
-        return None if any(v is None for v in values) else sum(values)
+    def delta(col: str) -> int:
+        d = _at(timeline, col, we) - _at(timeline, col, ws)
+        return round(d) if math.isfinite(d) else 0
 
+    seconds = we - ws
+    sent, received = delta("load.load_sent"), delta("load.load_received")
+    got = delta("load.load_bytes_received")
     return LoadResult(
-        sent=total("sent"), received=total("received"), lost=total("lost"),
-        bytes_received=total("bytes_received"),
-        seconds=min(r.seconds for r in results), mbps=total("mbps"), pps=total("pps"),
+        sent=sent, received=received, lost=max(0, sent - received), bytes_received=got,
+        seconds=seconds, mbps=got * 8 / seconds / 1e6 if seconds > 0 else 0.0,
+        pps=received / seconds if seconds > 0 else 0.0,
         latency={k: max(r.latency[k] for r in results) for k in results[0].latency},
-        latency_samples=total("latency_samples"),
-        handshake_failures=total("handshake_failures"),
-        total_sent=total("total_sent"), total_received=total("total_received"))
+        latency_samples=sum(r.latency_samples for r in results),
+        handshake_failures=sum(r.handshake_failures for r in results))
+
+
+def _at(timeline: pd.DataFrame, col: str, t: float) -> float:
+    """A cumulative column of a placed run's time line at t, interpolated between the
+    ticks around it (counters grow steadily between ticks a tenth of a second apart)."""
+    if col not in timeline:
+        return float("nan")
+    ts = timeline["t"].astype(float).to_numpy()
+    v = timeline[col].astype(float).to_numpy()
+    ok = np.isfinite(v)
+    return float(np.interp(t, ts[ok], v[ok])) if ok.any() else float("nan")
 
 
 def _placed_snap(timeline: pd.DataFrame, t: float) -> window.Snap:
-    """A window edge at t: the hosts' cumulative columns interpolated between the relay
-    host's sampler ticks around it (the relay's counters grow steadily between ticks a
-    tenth of a second apart; the load hosts' CPU is their sum)."""
-    ts = timeline["t"].astype(float).to_numpy()
+    """A window edge at t: the relay host's counters and CPU there, the load hosts' CPU
+    summed."""
+    def count(col: str) -> int:
+        v = _at(timeline, col, t)
+        return round(v) if math.isfinite(v) else 0
 
     def at(col: str) -> float:
-        if col not in timeline:
-            return float("nan")
-        v = timeline[col].astype(float).to_numpy()
-        ok = np.isfinite(v)
-        return float(np.interp(t, ts[ok], v[ok])) if ok.any() else float("nan")
-
-    def count(col: str) -> int:
-        v = at(col)
-        return round(v) if math.isfinite(v) else 0
+        return _at(timeline, col, t)
 
     counters = {c.removeprefix("relay."): count(c) for c in timeline if c.startswith("relay.")}
     return window.Snap(t, counters, at("proc.relay.cpu_s"), at("proc.relay.utime_s"),
