@@ -51,8 +51,16 @@ def add_commands(sub: Any) -> None:
     run.add_argument("--warmup", type=float, default=0.5, metavar="S",
                      help="seconds of load before the window, not measured")
     run.add_argument("--json", action="store_true", help="print the summary row as JSON")
+    hosts = run.add_argument_group("across hosts (dask.distributed)")
+    hosts.add_argument("--cluster", metavar="ADDRESS|SCHEDULER_FILE", default=None,
+                       help="run the relay on one worker of this dask scheduler and the load "
+                       "on others (tcp://HOST:PORT, or a scheduler file)")
+    hosts.add_argument("--load-hosts", dest="load_hosts", type=int, default=None,
+                       metavar="N", help="with --cluster: load generators on N workers, the "
+                       "pairs split between them (default 1)")
     run.set_defaults(_field_flags={"rate_mbps": "--rate", "command": "--relay-cmd",
-                                   "cores": "--relay-cores", "ca_file": "--relay-ca"})
+                                   "cores": "--relay-cores", "ca_file": "--relay-ca",
+                                   "load_hosts": "--load-hosts"})
 
     sweep = sub.add_parser("sweep", help="a grid of runs with interleaved repeats",
                            description="Run the grid of a TOML sweep file (see bench/*.toml) "
@@ -197,10 +205,6 @@ def main(args: argparse.Namespace, parser: Parser, argv: list[str] | None = None
 
 
 def _run(args: argparse.Namespace) -> int:
-    import json
-
-    from tqdm.auto import tqdm
-
     from labkit.config import SWITCHES, RelayConfig
     from labkit.lab import experiment
     from labkit.procs.load import LoadConfig
@@ -212,7 +216,46 @@ def _run(args: argparse.Namespace) -> int:
                       threads=args.threads, duration=args.duration, warmup=args.warmup)
     store = _store_arg(args)
     # everything is checked before the progress bar exists: a bad flag prints one line
-    experiment.check_run(relay, load, hz=args.hz, store=store)
+    experiment.check_run(relay, load, hz=args.hz, store=store, cluster=args.cluster,
+                         load_hosts=args.load_hosts)
+    with _cluster_client(args.cluster) as client:
+        return _run_measured(args, relay, load, store, client)
+
+
+def _cluster_client(where: str | None) -> Any:
+    """A distributed.Client for --cluster (an address or a scheduler file), or a null
+    context without it; OSError "no dask scheduler reached" when there is none."""
+    import contextlib
+
+    if where is None:
+        return contextlib.nullcontext(None)
+    from distributed import Client
+
+    as_file = os.path.isfile(where)
+    try:
+        return Client(scheduler_file=where, timeout=10) if as_file else \
+            Client(where, timeout=10)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise OSError(f"no dask scheduler reached at {where}: {e}") from None
+
+
+def _run_measured(args: argparse.Namespace, relay: Any, load: Any, store: Any,
+                  client: Any) -> int:
+    import json
+
+    from tqdm.auto import tqdm
+
+    from labkit.lab import experiment
+
+    placement = None
+    if client is not None:
+        from labkit.hosts.cluster import ClusterError, Placement
+
+        try:
+            placement = Placement.spread(client, args.load_hosts or 1)
+        except ClusterError as e:
+            raise OSError(str(e)) from None
+        print(placement.describe())
     bar: Any = None
 
     def tick(row: dict[str, float]) -> None:
@@ -228,7 +271,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         result = experiment.run(relay, load, hz=args.hz, perf=_perf(args.perf),
                                 pin=args.pin is not False, live=tick, store=store,
-                                check=False)
+                                check=False, cluster=client, placement=placement)
     finally:
         if bar is not None:
             bar.close()

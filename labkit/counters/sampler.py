@@ -374,6 +374,17 @@ class Sampler:
                 return None
             return {k: self._rows[-1][k] for k in TICK_KEYS}
 
+    def rows_since(self, n: int) -> list[dict[str, Any]]:
+        """Full rows (TICK_KEYS, labels, cumulative columns) from the n-th tick on: what
+        a host streams to the notebook (labkit.hosts.cluster)."""
+        with self._lock:
+            return [dict(r) for r in self._rows[n:]]
+
+    @property
+    def started_monotonic(self) -> float:
+        """time.monotonic() at start(): where `t` counts from."""
+        return self._t0
+
     @property
     def perf(self) -> Any:
         """The PerfStat behind perf.* columns (None when perf is off or unavailable)."""

@@ -187,9 +187,10 @@ def _validate_load_template(cfg: LoadConfig) -> LoadConfig:
 
 
 def check_run(relay: RelayUnderTest, load: LoadConfig, *, hz: float = 10.0,
-              store: bool | str | os.PathLike[str] = False) -> None:
+              store: bool | str | os.PathLike[str] = False, cluster: Any = None,
+              placement: Any = None, load_hosts: int | None = None) -> None:
     """Everything run() checks before it starts anything: ConfigError for the configs and
-    hz, StoreError for a store it may not write to."""
+    hz (and a placed run's load_hosts), StoreError for a store it may not write to."""
     problems = []
     for cfg in (relay, load.replace(port=load.port or 1)):
         try:
@@ -198,9 +199,32 @@ def check_run(relay: RelayUnderTest, load: LoadConfig, *, hz: float = 10.0,
             problems += e.problems
     if not (isinstance(hz, int | float) and not isinstance(hz, bool) and 0 < hz <= 100):
         problems.append(Problem("hz", hz, "must be samples per second, 0 < hz <= 100"))
+    problems += _placement_problems(relay, load, cluster, placement, load_hosts)
     raise_if(problems, "run")
     if store is not False:
         _store.check_writable(_store.default_dir() if store is True else store)
+
+
+def _placement_problems(relay: RelayUnderTest, load: LoadConfig, cluster: Any,
+                        placement: Any, load_hosts: int | None) -> list[Problem]:
+    p: list[Problem] = []
+    if cluster is not None and isinstance(relay, ExternalRelay):
+        p.append(Problem("cluster", None, "an external relay runs on this host only: a "
+                         "placed run takes a labkit RelayConfig", "drop cluster= for "
+                         f"{relay.name}", cli_fix="drop --cluster with --relay-cmd or "
+                         "--relay-preset", form=""))
+    if cluster is None and (placement is not None or load_hosts is not None):
+        p.append(Problem("cluster", None, "{load_hosts} (or a placement) puts a run on "
+                         "several hosts: it needs a cluster", "give cluster= a "
+                         "distributed.Client, or drop it", cli_fix="give --cluster ADDRESS or "
+                         "drop --load-hosts", form=""))
+    if load_hosts is not None and not (
+            isinstance(load_hosts, int) and not isinstance(load_hosts, bool)
+            and isinstance(load.pairs, int) and 1 <= load_hosts <= load.pairs):
+        p.append(Problem("load_hosts", load_hosts, f"{{load_hosts}} must be 1..pairs "
+                         f"({load.pairs}), not {load_hosts!r}: each load host runs at least "
+                         "one pair", form=""))
+    return p
 
 
 def _for_relay(template: LoadConfig, relay: Relay | ExternalRelayProcess) -> LoadConfig:
@@ -299,8 +323,18 @@ def run(relay: RelayUnderTest | None = None, load: LoadConfig | None = None, *,
         control: RunControl | None = None, store: bool | str | os.PathLike[str] = False,
         check: bool = True, run_id: str | None = None,
         on_start: Callable[[Relay, Load], None] | None = None,
-        start_timeout: float = 10.0, stop_grace: float = STOP_GRACE) -> Result:
+        start_timeout: float = 10.0, stop_grace: float = STOP_GRACE,
+        cluster: Any = None, placement: Any = None, load_hosts: int | None = None,
+        on_placed: Callable[[dict[str, Any]], None] | None = None,
+        start_allowance: float | None = None) -> Result:
     """Run the relay and the load generator once and measure.
+
+    cluster: a distributed.Client: the relay runs on one of its workers and the load on
+    others (labkit.hosts.cluster): placement (a cluster.Placement) says which, else
+    Placement.spread(cluster, load_hosts or 1); the load's pairs are split over the load
+    hosts. on_placed(ready messages) is called once every host runs (tests kill one).
+    start_allowance: how many seconds apart the load hosts may connect (default
+    cluster.START_ALLOWANCE; each load runs that much longer, see cluster.run_placed).
 
     duration/warmup override the LoadConfig's. live: a plots.LivePanel (or any callable)
     fed every sampler tick. control: a RunControl to stop the run from another thread.
@@ -317,7 +351,14 @@ def run(relay: RelayUnderTest | None = None, load: LoadConfig | None = None, *,
         load_cfg = load_cfg.replace(duration=duration)
     if warmup is not None:
         load_cfg = load_cfg.replace(warmup=warmup)
-    check_run(relay_cfg, load_cfg, hz=hz, store=store)
+    check_run(relay_cfg, load_cfg, hz=hz, store=store, cluster=cluster, placement=placement,
+              load_hosts=load_hosts)
+    if cluster is not None:
+        return _run_on_cluster(
+            cluster, placement, load_hosts, relay_cfg, load_cfg, hz=hz, perf=perf,
+            labels=labels, live=live, control=control, store=store, check=check,
+            run_id=run_id, on_placed=on_placed, start_timeout=start_timeout,
+            stop_grace=stop_grace, start_allowance=start_allowance)
     from labkit.counters.sampler import Sampler  # the one sampler (loads the native module)
 
     control = control or RunControl()
@@ -497,6 +538,198 @@ def run(relay: RelayUnderTest | None = None, load: LoadConfig | None = None, *,
     if check and result.status == "failed":
         raise RunFailed(result)
     return result
+
+
+# ---- one run across hosts ----------------------------------------------------------------
+
+
+def _run_on_cluster(cluster: Any, placement: Any, load_hosts: int | None,
+                    relay_cfg: RelayConfig, load_cfg: LoadConfig, *, hz: float,
+                    perf: str | bool, labels: Mapping[str, Any] | None, live: Any,
+                    control: RunControl | None, store: bool | str | os.PathLike[str],
+                    check: bool, run_id: str | None,
+                    on_placed: Callable[[dict[str, Any]], None] | None,
+                    start_timeout: float, stop_grace: float,
+                    start_allowance: float | None) -> Result:
+    """run() with the relay and the loads on the cluster's workers: the same summary
+    columns and figures as a local run, the relay's from its host, the load's summed over
+    the load hosts, and meta["hosts"] naming the host of every figure."""
+    from labkit.hosts import cluster as placed
+
+    control = control or RunControl()
+    labels = dict(labels or {})
+    run_id = run_id or _new_run_id(str(labels.get("sweep") or "run"))
+    started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+    if placement is None:
+        placement = placed.Placement.spread(cluster, load_hosts or 1)
+    subscriber = _subscriber(live)
+    sent = 0
+
+    def on_row(timeline: pd.DataFrame) -> None:
+        nonlocal sent
+        if subscriber is None:
+            return
+        rows = _placed_ticks(timeline)
+        for row in rows.iloc[sent:][list(TICK_KEYS)].to_dict("records"):
+            subscriber(row)
+        sent = len(rows)
+
+    control.phase = "placed"
+    run = placed.run_placed(
+        cluster, placement, relay_cfg.to_dict(), load_cfg.to_dict(), hz=hz, perf=perf,
+        start_timeout=start_timeout, stop_grace=stop_grace,
+        should_stop=lambda: control.stopped, on_ready=on_placed, on_row=on_row,
+        start_allowance=placed.START_ALLOWANCE if start_allowance is None
+        else start_allowance)
+    control.phase = "done"
+    figures: dict[str, Any] = {}
+    ws, we = run.window
+    t0 = run.t0
+    if run.status == "ok":
+        s0, s1 = (_placed_snap(run.timeline, t - t0) for t in run.window)
+        combined = _window_result(run.timeline, ws - t0, we - t0,
+                                  [placed_result(r) for r in run.load_results], load_cfg.size)
+        figures = window.window_figures(s0, s1, combined, load_cfg.size)
+    ticks = _placed_ticks(run.timeline)
+    if figures and not ticks.empty:
+        figures["perf_syscalls_per_packet"] = window.perf_per_packet(
+            ticks, t0, ws, we, int(figures["relay_packets"]))
+    ticks = _with_phase(ticks, t0, ws, we)
+    if not ticks.empty:
+        ticks["run_id"] = run_id
+        for k, v in labels.items():
+            ticks[k] = v
+    hosts = run.hosts | {"figure_hosts": _figure_hosts(run.hosts),
+                         "load_results": run.load_results}
+    summary = {
+        "run_id": run_id, "status": run.status, "error": run.error,
+        "stderr_tail": _tail(run.stderr_tail or "") or None, "started_at": started_at,
+        **_config_columns(relay_cfg, load_cfg),
+        **{k: v for k, v in labels.items()},
+        "pinned": bool(hosts["pinning"]) and all(
+            " on CPU " in str(v) for v in hosts["pinning"].values()),
+        "relay_cpus": "", "load_cpus": "",  # per host: meta["hosts"]["pinning"]
+        "pinning": "; ".join(f"{k}: {v}" for k, v in hosts["pinning"].items()),
+        "perf_source": next((v for k, v in run.sources.items() if k.endswith(":perf")),
+                            "unknown"),
+        "relay_host": hosts["relay"], "load_hosts": ",".join(hosts["load"]),
+        "placement": placement.describe(),
+    }
+    for k in window.FIGURES:
+        summary.setdefault(k, float("nan"))
+    summary |= figures
+    meta = _store.provenance() | {
+        "run_id": run_id, "relay_config": relay_cfg.to_dict(),
+        "load_config": load_cfg.to_dict(), "labels": labels,
+        "pinning": hosts["pinning"], "sources": run.sources,
+        "capabilities": _capabilities(), "hz": hz, "hosts": hosts,
+    }
+    result = Result(pd.Series(summary, dtype=object), ticks, meta)
+    if store is not False:
+        _store.save(result, None if store is True else store)
+    control.finished.set()
+    if check and result.status == "failed":
+        raise RunFailed(result)
+    return result
+
+
+def placed_result(fields_: Mapping[str, Any]) -> Any:
+    """A load host's LoadResult from the fields its task returned."""
+    from labkit.procs.load import LoadResult
+
+    names = {f.name for f in fields(LoadResult)}
+    return LoadResult(**{k: v for k, v in fields_.items() if k in names})
+
+
+def _window_result(timeline: pd.DataFrame, ws: float, we: float, results: Sequence[Any],
+                   size: int) -> Any:
+    """What the load hosts did in the run's window [ws, we] (seconds on the time line),
+    as one LoadResult: packets sent and received and payload bytes from their counters
+    (summed over hosts, interpolated at the edges); lost is sent - received over the
+    window (packets in flight at either edge roughly cancel); each latency percentile is
+    the worst host's over its own (longer) window, a bound: the hosts' samples are not
+    merged."""
+    from labkit.procs.load import LoadResult
+
+    def delta(col: str) -> int:
+        d = _at(timeline, col, we) - _at(timeline, col, ws)
+        return round(d) if math.isfinite(d) else 0
+
+    seconds = we - ws
+    sent, received = delta("load.load_sent"), delta("load.load_received")
+    got = delta("load.load_bytes_received")
+    return LoadResult(
+        sent=sent, received=received, lost=max(0, sent - received), bytes_received=got,
+        seconds=seconds, mbps=got * 8 / seconds / 1e6 if seconds > 0 else 0.0,
+        pps=received / seconds if seconds > 0 else 0.0,
+        latency={k: max(r.latency[k] for r in results) for k in results[0].latency},
+        latency_samples=sum(r.latency_samples for r in results),
+        handshake_failures=sum(r.handshake_failures for r in results))
+
+
+def _at(timeline: pd.DataFrame, col: str, t: float) -> float:
+    """A cumulative column of a placed run's time line at t, interpolated between the
+    ticks around it (counters grow steadily between ticks a tenth of a second apart)."""
+    if col not in timeline:
+        return float("nan")
+    ts = timeline["t"].astype(float).to_numpy()
+    v = timeline[col].astype(float).to_numpy()
+    ok = np.isfinite(v)
+    return float(np.interp(t, ts[ok], v[ok])) if ok.any() else float("nan")
+
+
+def _placed_snap(timeline: pd.DataFrame, t: float) -> window.Snap:
+    """A window edge at t: the relay host's counters and CPU there, the load hosts' CPU
+    summed."""
+    def count(col: str) -> int:
+        v = _at(timeline, col, t)
+        return round(v) if math.isfinite(v) else 0
+
+    def at(col: str) -> float:
+        return _at(timeline, col, t)
+
+    counters = {c.removeprefix("relay."): count(c) for c in timeline if c.startswith("relay.")}
+    return window.Snap(t, counters, at("proc.relay.cpu_s"), at("proc.relay.utime_s"),
+                       at("proc.relay.stime_s"), count("proc.relay.ctx_switches"),
+                       at("proc.load.cpu_s"))
+
+
+def _placed_ticks(timeline: pd.DataFrame) -> pd.DataFrame:
+    """The sampler's tick rates (labkit.counters.ticks) from a merged time line's
+    cumulative columns, one row per relay tick; the cumulative columns stay beside."""
+    from labkit.counters import kinds
+    from labkit.counters.ticks import TICKS
+
+    if timeline.empty or len(timeline) < 2:
+        return pd.DataFrame(columns=list(TICK_KEYS))
+    dt = timeline["t"].astype(float).diff()
+    relay = [c.removeprefix("relay.") for c in timeline if c.startswith("relay.")]
+    out = pd.DataFrame({"t": timeline["t"].astype(float)})
+
+    def rate(col: str) -> pd.Series:
+        if col not in timeline:
+            return pd.Series(float("nan"), index=timeline.index)
+        return timeline[col].astype(float).diff() / dt
+
+    for m in TICKS:
+        if m.rate_of:
+            out[m.name] = rate(m.rate_of) * m.scale
+        elif m.group:
+            keys = kinds.in_group(relay, m.group)
+            out[m.name] = sum((rate(f"relay.{k}") for k in keys),
+                              pd.Series(0.0, index=timeline.index)) if keys else float("nan")
+        elif m.name == "perf_syscalls_per_s":
+            out[m.name] = rate("perf.raw_syscalls:sys_enter")
+    rest = timeline.drop(columns=["t"])
+    return pd.concat([out, rest], axis=1).iloc[1:].reset_index(drop=True)
+
+
+def _figure_hosts(hosts: Mapping[str, Any]) -> dict[str, str]:
+    """The host each figure of a placed run was measured on."""
+    relay, load = hosts["relay"], ",".join(hosts["load"])
+    from_load = {"offered_mbps", "mbps", "pps", "loss_pct", "load_cpu_pct",
+                 *(k for k in window.FIGURES if k.startswith("lat_"))}
+    return {k: (load if k in from_load else relay) for k in window.FIGURES}
 
 
 def _with_phase(ticks: pd.DataFrame, t0: float, ws: float, we: float) -> pd.DataFrame:

@@ -42,8 +42,9 @@ def cpu_list(cpus: Iterable[int]) -> str:
     return ",".join(str(c) for c in cpus)
 
 
-def _pin_process(pid: int, cpus: Iterable[int]) -> None:
-    """Pin every thread of pid (threads started later inherit their creator's mask)."""
+def pin_process(pid: int, cpus: Iterable[int]) -> None:
+    """Pin every thread of pid (threads started later inherit their creator's mask); a
+    host of a placed run pins its own process with it (labkit.hosts.cluster)."""
     mask = set(cpus)
     for tid in os.listdir(f"/proc/{pid}/task"):
         with contextlib.suppress(ProcessLookupError, FileNotFoundError):
@@ -63,8 +64,8 @@ def pin(relay: Relay | ExternalRelayProcess, load: Load, want: bool) -> Pinning:
     try:
         # an external relay may run several processes (a wrapper and the relay): pin all
         for pid in relay.pids() if hasattr(relay, "pids") else [relay.pid]:
-            _pin_process(pid, relay_cpus)
-        _pin_process(load.pid, load_cpus)
+            pin_process(pid, relay_cpus)
+        pin_process(load.pid, load_cpus)
     except OSError as e:
         return Pinning(False, (), (), f"not pinned: sched_setaffinity failed ({e.strerror})")
     return Pinning(True, relay_cpus, load_cpus, note)
