@@ -2,6 +2,7 @@
 
     python data/record.py ablation    # notebook 03's ten relay variants -> data/runs
     python data/record.py profiles    # notebook 07's three flame graphs -> data/profiles
+    python data/record.py across-hosts  # notebook 08 in the sandbox guest -> data/across_hosts
 
 (The epoll-vs-uring and kTLS-sandbox runs are plain `labkit sweep` files: see README.md.)
 Every run file carries its machine, date, labkit version and git revision; the profiles
@@ -13,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -73,14 +77,44 @@ def profiles(seconds: float) -> None:
     (out / "profiles.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
+def across_hosts() -> None:
+    """Notebook 08's full experiment where netem exists for sure: the sandbox guest (one
+    CPU, so its rates are the guest's; the file says so)."""
+    from labkit.hosts import testbed
+
+    kwargs = {"duration": 2.0, "warmup": 0.5, "pairs": 4, "start_timeout": 60,
+              "start_allowance": 10}
+    load_before = os.getloadavg()[0]
+    started = time.monotonic()
+    data = testbed.in_guest("labkit.lab.across_hosts:compare", kwargs, timeout=1800)
+    host = store.machine()
+    data |= {
+        "guest_seconds": time.monotonic() - started,
+        "where": f"sandbox guest (UML Linux {data['kernel']}, one CPU) on a "
+                 f"{host['cores']}-core {host['cpu_model']} VM, Linux {platform.release()}, "
+                 f"load average {load_before:.1f} when it started",
+        "made_with": f"python data/record.py across-hosts: testbed.in_guest("
+                     f"'labkit.lab.across_hosts:compare', {json.dumps(kwargs)})",
+    }
+    out = HERE / "across_hosts" / "wan-sandbox.json"
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, out)
+    for row in data["rows"]:
+        print(row["shape"], row["io"], row["kind"], row["status"], row["mbps"], row["drops"],
+              row["lat_p50_us"])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["ablation", "profiles"])
+    ap.add_argument("what", choices=["ablation", "profiles", "across-hosts"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3.0)
     args = ap.parse_args()
     if args.what == "ablation":
         ablation(args.repeats)
+    elif args.what == "across-hosts":
+        across_hosts()
     else:
         profiles(args.seconds)
     return 0

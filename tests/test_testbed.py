@@ -173,7 +173,7 @@ def guest_rtt_and_loss() -> dict[str, Any]:
                 ("loss", LinkShape(loss_pct=50), 200, 0.002)):
             tb.reshape(shape)
             figures[label] = udp_probe(tb, port, count, interval)
-            figures[label]["sends"] = tb.status().hosts[0].sends
+            figures[label]["receives"] = tb.status().hosts[0].receives
         figures["echo_alive"] = echo.poll() is None  # reshaping did not disturb it
     return figures
 
@@ -406,7 +406,7 @@ def test_delay_and_loss_need_netem(name: str) -> None:
     shaped = testbed.Testbed(name, 2, LinkShape(delay_ms=20, loss_pct=1))
     if qdisc.shaping_caps()["netem"] is True:
         with shaped as tb:
-            assert "netem" in tb.status().hosts[0].sends[0]
+            assert "netem" in tb.status().hosts[0].receives[0]
         return
     with testbed.Testbed(name, 2) as plain:  # a testbed of that name is up: left alone
         before = plain.status()
@@ -458,9 +458,9 @@ def test_delay_jitter_and_loss_are_real_in_the_guest() -> None:
     took = time.monotonic() - started
     assert f["caps"] == {"netem": True, "tbf": True, "htb": True}
     plain, delay, jitter, loss = (f[k] for k in ("plain", "delay", "jitter", "loss"))
-    assert "netem" in delay["sends"][0] and "delay 20ms" in delay["sends"][0]
-    assert plain["sends"] == [] and f["echo_alive"]
-    assert "loss 50%" in loss["sends"][0] and "delay" not in loss["sends"][0]  # changed in place
+    assert "netem" in delay["receives"][0] and "delay 20ms" in delay["receives"][0]
+    assert plain["receives"] == [] and f["echo_alive"]
+    assert "loss 50%" in loss["receives"][0] and "delay" not in loss["receives"][0]  # in place
     for probe in (plain, delay, jitter):
         assert len(probe["rtts_ms"]) == probe["sent"]  # nothing lost without loss
     base, rtt = statistics.median(plain["rtts_ms"]), statistics.median(delay["rtts_ms"])

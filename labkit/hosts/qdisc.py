@@ -157,8 +157,9 @@ def parse_rate_mbit(text: str) -> float:
 class LinkShape:
     """What one host's link does to its traffic; zero means "not shaped" for each field.
 
-    delay_ms, jitter_ms and loss_pct apply once, where the host's packets enter its link
-    (netem on the host's side), so two testbed hosts see a round trip of 2 x delay_ms and
+    delay_ms, jitter_ms and loss_pct apply once, where the host's packets leave the
+    switch towards it (netem on the switch's side), so two testbed hosts see a round
+    trip of 2 x delay_ms and
     a round trip survives with probability (1 - loss_pct/100)^2. Each packet's delay is
     drawn from delay_ms +- jitter_ms (uniform), so jitter reorders packets, as netem does.
     rate_mbit limits both directions of the link (tbf on both ends): a host can neither

@@ -28,9 +28,10 @@ against the machine's routes without control too, so that turning control on nev
 changes what is accepted, and an address in a recorded result never also names a
 machine of the real network.
 
-Shaping (labkit/hosts/qdisc.py): netem on the host's side of its link (delay, jitter,
-loss of what the host sends, so two hosts see a round trip of 2 x delay), tbf on both
-sides (rate, in each direction). Nothing but the experiment's packets crosses the shaped
+Shaping (labkit/hosts/qdisc.py): netem on the switch's side of each host's link (delay,
+jitter, loss of what the host receives, applied after the sender's kernel let the packet
+go, as on a real path; two hosts see a round trip of 2 x delay), tbf on both sides
+(rate, in each direction). Nothing but the experiment's packets crosses the shaped
 links: every host knows every other's MAC address (fixed ones, permanent neighbour
 entries) and the switch knows every port's (static forwarding entries), so there is no
 ARP to lose -- at 50 % loss a host could otherwise stay unresolved for seconds, and
@@ -466,8 +467,12 @@ class Testbed:
         self._shape_link(i)
 
     def _shape_link(self, i: int) -> None:
-        apply_shape(self.netns(i), self.netns(i), self.link)
-        apply_shape(self.switch_netns, self.port(i), self.link.rate_only())
+        # netem on the switch's side: a packet is delayed or lost after it left its
+        # sender, on the wire. On the sender's own interface a netem drop is a local
+        # drop, which TCP takes as local congestion and resends at once (the path
+        # would not act like a lossy one: WAN throughput came out far above TCP's).
+        apply_shape(self.netns(i), self.netns(i), self.link.rate_only())
+        apply_shape(self.switch_netns, self.port(i), self.link)
 
     def reshape(self, link: LinkShape) -> None:
         """Give every link of the testbed (up) this shape instead, in place: processes
