@@ -38,6 +38,9 @@ from labkit.procs.child import ChildFailed
 
 TLS_MODES = ("off", "user", "ktls")
 LOAD_MODES = ("throughput", "echo")
+# How a sender writes (enum lk_load_sender): many frames per send(), or one frame per
+# send() as a real client writes one WireGuard packet at a time.
+SENDERS = ("batched", "frame-per-write")
 MAX_PAIRS = 4096  # LK_LOAD_MAX_PAIRS in native/src/load.h
 MAX_THREADS = 64  # LK_MAX_WORKERS
 MIN_SIZE, MAX_SIZE = 16, 65536  # sequence + stamp .. a DERP packet's limit
@@ -63,6 +66,7 @@ class LoadConfig:
     threads: int = 1
     pin_cpus: bool = False
     first_cpu: int = 0
+    sender: Literal["batched", "frame-per-write"] = "batched"
 
     def __post_init__(self) -> None:
         if isinstance(self.ca_file, os.PathLike):
@@ -99,7 +103,7 @@ class LoadConfig:
         if not _is_int(self.port) or not 1 <= self.port <= 65535:
             p.append(Problem("port", self.port, "must be the relay's port 1..65535 "
                              "(Relay.port; LoadConfig.for_relay(relay) fills it)"))
-        for name, choices in (("tls", TLS_MODES), ("mode", LOAD_MODES)):
+        for name, choices in (("tls", TLS_MODES), ("mode", LOAD_MODES), ("sender", SENDERS)):
             if getattr(self, name) not in choices:
                 p.append(Problem(name, getattr(self, name), "is not known",
                                  "choose one of " + ", ".join(repr(c) for c in choices),
@@ -184,6 +188,7 @@ class LoadConfig:
             "--duration", repr(float(self.duration)),
             "--warmup", repr(float(self.warmup)),
             "--threads", str(self.threads),
+            "--sender", self.sender,
         ]
         if self.insecure:
             args.append("--insecure")
@@ -232,6 +237,8 @@ class LoadConfig:
         cfg.first_cpu = self.first_cpu
         cfg.shm_name = cstr(shm_name)
         cfg.ready_fd = ready_fd
+        cfg.sender = {"batched": lib.LK_SENDER_BATCHED,
+                      "frame-per-write": lib.LK_SENDER_FRAME_PER_WRITE}[self.sender]
         return cfg, keepalive
 
 
@@ -506,6 +513,9 @@ def add_load_arguments(parser: argparse.ArgumentParser | Any) -> None:
                         "unpaced (as fast as the relay takes it)")
     parser.add_argument("--threads", type=int, default=d.threads, metavar="N",
                         help="load generator event-loop threads")
+    parser.add_argument("--sender", default=d.sender, choices=SENDERS,
+                        help="batched: many frames per send(); frame-per-write: one send() "
+                        "per frame, as a real client writes")
     parser.set_defaults(_field_flags={"rate_mbps": "--rate"})
 
 
@@ -515,7 +525,7 @@ def from_namespace(ns: argparse.Namespace) -> LoadConfig:
         host=host, port=port, tls=ns.tls, insecure=ns.insecure, ca_file=ns.ca_file,
         mode=ns.mode, pairs=ns.pairs, size=ns.size, rate_mbps=ns.rate,
         duration=ns.duration, warmup=ns.warmup, threads=ns.threads, pin_cpus=ns.pin_cpus,
-        first_cpu=ns.first_cpu,
+        first_cpu=ns.first_cpu, sender=ns.sender,
     )
 
 

@@ -336,6 +336,12 @@ int lk_test_parse_stream(const uint8_t *data, size_t len, size_t chunk,
  * receiver sends each packet back and the sender measures round trips. */
 
 enum lk_load_mode { LK_LOAD_THROUGHPUT = 0, LK_LOAD_ECHO = 1 };
+/* How a sender hands packets to its socket.  Batched: many SendPacket frames laid
+ * out in one buffer and written with one send() (the generator stays cheap, the
+ * relay sees large segments).  Frame-per-write: one send() per frame, each frame
+ * stamped when it is written, as a real client sends one WireGuard packet at a time
+ * (Tailscale's client, derp-scale-test); with TLS, one record per frame. */
+enum lk_load_sender { LK_SENDER_BATCHED = 0, LK_SENDER_FRAME_PER_WRITE = 1 };
 
 typedef struct lk_load_config {
     const char *host;         /* relay address (numeric IPv4/IPv6 or name) */
@@ -354,6 +360,7 @@ typedef struct lk_load_config {
     int first_cpu;
     const char *shm_name;     /* counters for live plots; NULL = none */
     int ready_fd;             /* "ready\n" once every pair has handshaked; -1 = none */
+    int sender;               /* enum lk_load_sender */
 } lk_load_config;
 
 #define LK_LOAD_PCTS 7
