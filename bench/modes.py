@@ -34,27 +34,41 @@ import pandas as pd
 from labkit import LoadConfig, Relay, RelayConfig, run, sweep
 from labkit.procs.load import SENDERS
 
-# Mode name -> RelayConfig fields.  Multishot receives need provided buffers, so turning
-# provided buffers off turns multishot off too (the relay refuses the other combination).
+# Mode name -> RelayConfig fields.  Multishot receives need provided buffers and
+# poll_recv needs both, so turning one off turns off what needs it (the relay refuses the
+# other combinations).
 MODES: dict[str, dict[str, Any]] = {
     "epoll": {"io": "epoll"},
     "epoll+coalesce": {"io": "epoll", "coalesce": True},
     "uring": {"io": "uring"},
+    "uring -poll_recv": {"io": "uring", "poll_recv": False},
+    "uring +poll_recv": {"io": "uring", "poll_recv": True},
+    "uring +defer_taskrun": {"io": "uring", "defer_taskrun": True},
     "uring -batch": {"io": "uring", "batch": False},
-    "uring -multishot": {"io": "uring", "multishot": False},
-    "uring -pbuf": {"io": "uring", "multishot": False, "provided_buffers": False},
+    "uring -multishot": {"io": "uring", "multishot": False, "poll_recv": False},
+    "uring -pbuf": {"io": "uring", "multishot": False, "provided_buffers": False,
+                    "poll_recv": False},
     "uring -coalesce": {"io": "uring", "coalesce": False},
+    "epoll tls": {"io": "epoll", "tls": "user"},
+    "uring tls": {"io": "uring", "tls": "user"},
 }
-SWITCH_FIELDS = ("io", "batch", "multishot", "provided_buffers", "coalesce")
+DEFAULT_MODES = ("epoll", "epoll+coalesce", "uring", "uring -poll_recv", "uring -batch",
+                 "uring -multishot", "uring -pbuf", "uring -coalesce", "epoll tls", "uring tls")
+
+
+def _resolved(fields: dict[str, Any]) -> dict[str, Any]:
+    cfg = RelayConfig(**fields)
+    return {"io": cfg.io, "tls": cfg.tls} | cfg.switches()
 
 
 def mode_of(row: pd.Series) -> str:
-    """The MODES name a summary row ran: the one whose resolved switches it carries."""
+    """The MODES name a summary row ran: the first whose resolved io, TLS and switches
+    it carries (a mode that equals the defaults, like "uring +poll_recv" once poll_recv
+    is on by default, is named by the entry listed first)."""
     for name, fields in MODES.items():
-        resolved = RelayConfig(**fields).switches()
-        if row["io"] == fields["io"] and all(
-            bool(row[k]) == resolved[k] for k in SWITCH_FIELDS if k != "io"
-        ):
+        want = _resolved(fields)
+        if all((row[k] == v) if k in ("io", "tls") else (bool(row[k]) == v)
+               for k, v in want.items()):
             return name
     return "?"
 
@@ -71,7 +85,9 @@ def table(runs: pd.DataFrame) -> pd.DataFrame:
             "relay_user_s": "relay user s", "relay_sys_s": "relay sys s",
             "pkts_per_cpu_s": "pkt per relay CPU-s", "cpu_s_per_gbit": "relay CPU-s/Gbit",
             "sys_per_pkt": "syscalls/pkt (perf)" if perf else "syscalls/pkt (relay's own)",
-            "ctx_per_s": "ctx sw/s", "load_cpu_pct": "load gen CPU %"}
+            "ctx_per_s": "ctx sw/s", "recvs_per_packet": "recvs/pkt",
+            "bytes_per_recv": "B/recv", "enters_per_packet": "enters/pkt",
+            "sends_held_per_packet": "held sends/pkt", "load_cpu_pct": "load gen CPU %"}
     med = ok.groupby("mode", sort=False)[list(cols)].median().rename(columns=cols)
     med.insert(0, "runs", ok.groupby("mode", sort=False).size())
     return med.reindex([m for m in MODES if m in med.index])
@@ -134,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rates", default="unpaced,1000",
                    help="comma list of offered Mbit/s or 'unpaced' (default unpaced,1000)")
-    p.add_argument("--modes", default=",".join(MODES), help="comma list from: " + ", ".join(MODES))
+    p.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                   help="comma list from: " + ", ".join(MODES))
     p.add_argument("--senders", default=",".join(SENDERS),
                    help="comma list from: " + ", ".join(SENDERS) + " (default both)")
     p.add_argument("--repeats", type=int, default=3)
@@ -148,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soak", type=float, default=0.0,
                    help="instead: one run this long at saturation, printing relay RSS")
     p.add_argument("--soak-mode", default="uring", choices=list(MODES))
+    p.add_argument("--csv", default=None, help="also write every run's summary row here")
     a = p.parse_args(argv)
     if a.soak:
         soak(a.soak, a.soak_mode, a.pairs, a.size)
@@ -174,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         res = sweep(grid, repeats=a.repeats, duration=a.duration, warmup=a.warmup,
                     load=LoadConfig(pairs=a.pairs, size=a.size), perf=perf, store=store,
                     name=f"bench-modes-{rate}", resume=False, compare=None)
+        if a.csv:
+            path = f"{a.csv}.{rate}.csv"
+            res.runs.to_csv(path, index=False)
+            print(f"runs written to {path}")
         if not res.failures.empty:
             print(f"{len(res.failures)} failed runs:\n{res.failures[['point', 'error']]}")
         for snd in senders:

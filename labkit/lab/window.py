@@ -8,6 +8,9 @@ them, declared once in FIGURES (name -> label, unit) in the order a summary show
 - ctx_switches_per_kpkt: relay context switches (/proc, all threads) per 1,000 packets;
 - cpu_s_per_gbit: relay CPU-seconds per forwarded Gbit of payload (efficiency: the fair
   figure when relay and load share cores);
+- recvs_per_packet, bytes_per_recv, enters_per_packet, pbuf_refills_per_packet,
+  sends_held_per_packet: what the receive path costs per packet (the relay's own
+  counters), the figures that explain an io_uring result rather than only show it;
 - lat_*_us: one-way latency percentiles from the load generator.
 
 These are a run's figures; the sampler's per-tick rates are labkit.counters.ticks.
@@ -36,6 +39,11 @@ FIGURES: dict[str, tuple[str, str]] = {
     "perf_syscalls_per_packet": ("syscalls per packet (perf raw_syscalls)", "syscalls/packet"),
     "ctx_switches_per_kpkt": ("relay context switches per 1,000 packets", "switches/kpkt"),
     "cpu_s_per_gbit": ("relay CPU-seconds per Gbit", "CPU·s/Gbit"),
+    "recvs_per_packet": ("receives with data per packet in", "receives/packet"),
+    "bytes_per_recv": ("bytes per receive", "bytes/receive"),
+    "enters_per_packet": ("io_uring_enter calls per packet", "calls/packet"),
+    "pbuf_refills_per_packet": ("provided-buffer refills per packet in", "buffers/packet"),
+    "sends_held_per_packet": ("sends held for the batched enter per packet", "sends/packet"),
     "relay_cpu_pct": ("relay CPU", "% of one core"),
     "load_cpu_pct": ("load generator CPU", "% of one core"),
     "drops": ("relay drops in the window", "packets"),
@@ -106,6 +114,14 @@ def window_figures(s0: Snap, s1: Snap, res: LoadResult, size: int) -> dict[str, 
         "cpu_s_per_gbit": cpu / gbit if gbit > 0 else nan,
         "drops": drops,
         "latency_samples": res.latency_samples,
+    }
+    pin, recvs = d("packets_in"), d("recv_data")
+    out |= {
+        "recvs_per_packet": recvs / pin if pin else nan,
+        "bytes_per_recv": d("bytes_in") / recvs if recvs else nan,
+        "enters_per_packet": d("sys_io_uring_enter") / fwd if fwd else nan,
+        "pbuf_refills_per_packet": d("pbuf_refills") / pin if pin else nan,
+        "sends_held_per_packet": d("sends_held") / fwd if fwd else nan,
     }
     for k in PERCENTILES:  # the load generator's latency summary
         out[f"lat_{k}_us"] = float(res.latency[k])

@@ -63,7 +63,12 @@ enum lk_backend { LK_BK_EPOLL = 1, LK_BK_URING = 2 };
     X(DEFER_TASKRUN, LK_BK_URING, 0, 0, 0, "", "Linux 6.1 (IORING_SETUP_DEFER_TASKRUN)",   \
       "completion work runs only when the worker waits")                                 \
     X(SINGLE_ISSUER, LK_BK_URING, 0, 0, 0, "", "Linux 6.0 (IORING_SETUP_SINGLE_ISSUER)",   \
-      "the kernel may assume one thread submits")
+      "the kernel may assume one thread submits")                                        \
+    X(POLL_RECV, LK_BK_URING, 0, 0, LK_SW_MULTISHOT | LK_SW_PROVIDED_BUFFERS,              \
+      "the multishot operation becomes a readiness poll; its receives pick provided buffers",\
+      "Linux 5.13 (multishot poll)",                                                     \
+      "a multishot poll marks a connection readable and the pass's one recv drains it, "  \
+      "instead of a receive the kernel re-runs as each segment lands")
 
 #define LK_SWITCH_ENUM_(ID, ...) LK_SWI_##ID,
 enum lk_switch_index { LK_SWITCH_TABLE(LK_SWITCH_ENUM_) LK_SWITCH__COUNT };
@@ -160,7 +165,17 @@ enum lk_counter_kind { LK_KIND_COUNTER = 0, LK_KIND_GAUGE = 1, LK_KIND_HIGH_WATE
     X(POOL_FREE, GAUGE, "pool", "buffers", "free packet buffers")                          \
     X(CONNS_KTLS, COUNTER, "conn", "connections", "whose TLS records the kernel took over")\
     X(POOL_SIZE, GAUGE, "pool", "buffers",                                                 \
-      "buffers the pool holds in all (idle: pool_free == pool_size, so a leak shows)")
+      "buffers the pool holds in all (idle: pool_free == pool_size, so a leak shows)")     \
+    X(RECV_DATA, COUNTER, "recv", "receives",                                              \
+      "receive calls or completions that returned data (bytes_in / recv_data: their size)")\
+    X(RECV_ARMED, COUNTER, "uring", "SQEs", "receive (or readiness poll) SQEs armed")      \
+    X(PBUF_REFILLS, COUNTER, "uring", "buffers", "provided buffers handed back to the ring")\
+    X(PBUF_EMPTY, COUNTER, "uring", "completions",                                         \
+      "receives the kernel ended for want of a provided buffer (ENOBUFS)")                 \
+    X(RECV_PARKED, COUNTER, "uring", "completions",                                        \
+      "receive completions left for a later pass (the pass's packet budget was spent)")    \
+    X(SENDS_HELD, COUNTER, "uring", "sends",                                               \
+      "sends prepared, then held for the pass's one io_uring_enter (batch)")
 
 #define LK_COUNTER_ENUM_(ID, ...) LK_C_##ID,
 enum lk_counter { LK_COUNTER_TABLE(LK_COUNTER_ENUM_) LK_C__COUNT };

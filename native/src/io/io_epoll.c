@@ -192,9 +192,10 @@ static void ep_readable(lk_worker *w, lk_conn *c)
     LK_COUNT(w, SYS_READ);
     /* kTLS handshake (acceptor only): look, and let the core take what it used */
     ssize_t r = recv(c->fd, w->rbuf, w->rbuf_len, c->ktls_peek ? MSG_PEEK : 0);
-    if (r > 0)
+    if (r > 0) {
+        LK_COUNT(w, RECV_DATA);
         lk_core_received(w, c, w->rbuf, (size_t)r);
-    else if (r == 0)
+    } else if (r == 0)
         lk_core_io_error(w, c, 0);
     else if (errno != EAGAIN && errno != EINTR)
         lk_core_io_error(w, c, errno);
