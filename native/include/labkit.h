@@ -68,7 +68,10 @@ enum lk_backend { LK_BK_EPOLL = 1, LK_BK_URING = 2 };
       "the multishot operation becomes a readiness poll; its receives pick provided buffers",\
       "Linux 5.13 (multishot poll)",                                                     \
       "a multishot poll marks a connection readable and the pass's one recv drains it, "  \
-      "instead of a receive the kernel re-runs as each segment lands")
+      "instead of a receive the kernel re-runs as each segment lands")                    \
+    X(BACKPRESSURE, LK_BK_EPOLL | LK_BK_URING, 0, 0, 0, "", "",                            \
+      "overload policy: stop reading a sender while its destination's queue is full "      \
+      "(off: drop the oldest queued packet, as derper does)")
 
 #define LK_SWITCH_ENUM_(ID, ...) LK_SWI_##ID,
 enum lk_switch_index { LK_SWITCH_TABLE(LK_SWITCH_ENUM_) LK_SWITCH__COUNT };
@@ -175,7 +178,10 @@ enum lk_counter_kind { LK_KIND_COUNTER = 0, LK_KIND_GAUGE = 1, LK_KIND_HIGH_WATE
     X(RECV_PARKED, COUNTER, "uring", "completions",                                        \
       "receive completions left for a later pass (the pass's packet budget was spent)")    \
     X(SENDS_HELD, COUNTER, "uring", "sends",                                               \
-      "sends prepared, then held for the pass's one io_uring_enter (batch)")
+      "sends prepared, then held for the pass's one io_uring_enter (batch)")              \
+    X(READ_PAUSES, COUNTER, "overload", "pauses",                                          \
+      "backpressure: reading a client stopped because a destination of its was full")     \
+    X(READS_PAUSED, GAUGE, "overload", "connections", "backpressure: clients not read now")
 
 #define LK_COUNTER_ENUM_(ID, ...) LK_C_##ID,
 enum lk_counter { LK_COUNTER_TABLE(LK_COUNTER_ENUM_) LK_C__COUNT };

@@ -159,7 +159,7 @@ static void arm_poll(lk_worker *w, lk_conn *c)
 {
     struct io_uring_sqe *sqe = get_sqe(w);
     LK_COUNT(w, RECV_ARMED);
-    io_uring_prep_poll_multishot(sqe, c->fd, POLLIN);
+    io_uring_prep_poll_multishot(sqe, c->fd, POLLIN | POLLRDHUP);
     io_uring_sqe_set_data64(sqe, ud(OP_POLL, c));
     c->io_refs++;
     c->io_poll = 1;
@@ -195,7 +195,7 @@ static void issue_ready(lk_worker *w)
     uint32_t kept = 0;
     for (uint32_t i = 0; i < s->n_ready; i++) {
         lk_conn *c = s->ready[i];
-        if (c->io_recv_busy) {
+        if (c->io_recv_busy || c->read_paused) {  /* paused: read once resumed */
             s->ready[kept++] = c;
             continue;
         }
@@ -478,21 +478,27 @@ static void on_recv(lk_worker *w, lk_conn *c, struct io_uring_cqe *cqe)
         return;
     }
     c->io_refs--;
-    if (cqe->res == 0 || (cqe->res < 0 && cqe->res != -ENOBUFS)) {
+    if (cqe->res == 0 || (cqe->res < 0 && cqe->res != -ENOBUFS && cqe->res != -ECANCELED)) {
         lk_core_io_error(w, c, -cqe->res);
         if (c->state == LK_CS_CLOSING && c->io_refs == 0)
             finish_close(w, c);
         return;
     }
+    if (c->read_paused)
+        return;  /* backpressure: ur_set_paused re-arms it */
     if (!s->poll_recv)
         arm_recv(w, c);  /* one-shot, a multishot that ended, or ENOBUFS */
-    else if (cqe->res == (int)UR_PBUF_SIZE || cqe->res == -ENOBUFS)
-        mark_ready(s, c);  /* it filled its buffer: more may wait, and no new poll says so */
+    else if (cqe->res == (int)UR_PBUF_SIZE || cqe->res == -ENOBUFS || c->io_hup)
+        mark_ready(s, c);  /* a full buffer or a hang-up: more may wait, and no poll says so */
 }
 
 static void on_poll(lk_worker *w, lk_conn *c, struct io_uring_cqe *cqe)
 {
     ur_state *s = w->io_state;
+    /* data and the peer's FIN may come in one wake-up: after a hang-up the poll may say
+     * nothing more, so receives go on until one returns EOF */
+    if (cqe->res > 0 && (cqe->res & (POLLRDHUP | POLLHUP | POLLERR)))
+        c->io_hup = 1;
     if (cqe->flags & IORING_CQE_F_MORE) {
         if (cqe->res > 0 && lk_conn_alive(c))
             mark_ready(s, c);
@@ -608,6 +614,27 @@ static int ur_wait(lk_worker *w, int timeout_ms)
     return 0;
 }
 
+/* Backpressure.  Pausing: a poll_recv connection is just not given its next recv; a
+ * multishot recv is cancelled (what it already took is still delivered); a one-shot
+ * recv is not re-armed when it completes.  Resuming: receive again. */
+static void ur_set_paused(lk_worker *w, lk_conn *c, int paused)
+{
+    ur_state *s = w->io_state;
+    if (paused) {
+        if (s->multishot && !s->poll_recv && c->io_recv_busy) {
+            struct io_uring_sqe *sqe = get_sqe(w);
+            io_uring_prep_cancel64(sqe, ud(OP_RECV, c), 0);
+            io_uring_sqe_set_data64(sqe, ud(OP_CANCEL, NULL));
+            queued(w);
+        }
+        return;
+    }
+    if (s->poll_recv)
+        mark_ready(s, c);  /* data may have waited all along: no new poll event says so */
+    else if (!c->io_recv_busy)
+        arm_recv(w, c);
+}
+
 static void ur_discard_fd(lk_worker *w, int fd)
 {
     LK_COUNT(w, SYS_CLOSE);
@@ -627,6 +654,7 @@ const lk_io_ops lk_io_uring = {
     .destroy = ur_destroy,
     .add_conn = ur_add_conn,
     .flush = ur_flush,
+    .set_paused = ur_set_paused,
     .close_conn = ur_close_conn,
     .wait = ur_wait,
     .wake = ur_wake,
