@@ -144,8 +144,8 @@ def test_switch_defaults_per_mode() -> None:
     uring = RelayConfig(io="uring").switches()
     assert uring == {
         "batch": True, "multishot": True, "provided_buffers": True, "coalesce": True,
-        "sqpoll": False, "defer_taskrun": False, "single_issuer": False, "poll_recv": False,
-        "backpressure": False,
+        "sqpoll": False, "defer_taskrun": False, "single_issuer": False, "poll_recv": True,
+        "backpressure": True,
     }
     assert RelayConfig(io="epoll").switches() == dict.fromkeys(SWITCHES, False)
     assert RelayConfig(io="epoll", coalesce=True).switches()["coalesce"] is True

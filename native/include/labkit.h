@@ -64,12 +64,12 @@ enum lk_backend { LK_BK_EPOLL = 1, LK_BK_URING = 2 };
       "completion work runs only when the worker waits")                                 \
     X(SINGLE_ISSUER, LK_BK_URING, 0, 0, 0, "", "Linux 6.0 (IORING_SETUP_SINGLE_ISSUER)",   \
       "the kernel may assume one thread submits")                                        \
-    X(POLL_RECV, LK_BK_URING, 0, 0, LK_SW_MULTISHOT | LK_SW_PROVIDED_BUFFERS,              \
+    X(POLL_RECV, LK_BK_URING, 0, 1, LK_SW_MULTISHOT | LK_SW_PROVIDED_BUFFERS,              \
       "the multishot operation becomes a readiness poll; its receives pick provided buffers",\
       "Linux 5.13 (multishot poll)",                                                     \
       "a multishot poll marks a connection readable and the pass's one recv drains it, "  \
       "instead of a receive the kernel re-runs as each segment lands")                    \
-    X(BACKPRESSURE, LK_BK_EPOLL | LK_BK_URING, 0, 0, 0, "", "",                            \
+    X(BACKPRESSURE, LK_BK_EPOLL | LK_BK_URING, 0, 1, 0, "", "",                            \
       "overload policy: stop reading a sender while its destination's queue is full "      \
       "(off: drop the oldest queued packet, as derper does)")
 
