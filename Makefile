@@ -37,9 +37,11 @@ APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -q -y
 # The sanitizer pass: conformance, adversarial and parser tests against
 # labkit._native_asan.  ASan makes the relay ~7x slower, so conformance runs on modes
 # that between them reach every code path (both backends, TLS, 1/2/4 workers and the
-# cross-shard rings, per-connection receive buffers) rather than the whole matrix.
-SANITIZE_TESTS ?= tests/conformance tests/adversarial $(wildcard tests/test_*pars*.py)
-SANITIZE_MODES ?= epoll-off-w1,epoll-user-w2,uring-off-w4,uring-user-w1,uring-no-provided-buffers
+# cross-shard rings, per-connection receive buffers, both overload policies and both
+# io_uring receive paths) rather than the whole matrix.
+SANITIZE_TESTS ?= tests/conformance tests/adversarial tests/test_overload.py \
+                  $(wildcard tests/test_*pars*.py)
+SANITIZE_MODES ?= epoll-off-w1,epoll-user-w2,uring-off-w4,uring-user-w1,uring-no-provided-buffers,uring-no-poll-recv,epoll-backpressure-w2
 
 .PHONY: setup lab test clean fuzz guest-kernel
 

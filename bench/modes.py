@@ -1,18 +1,23 @@
 """Every relay I/O mode side by side: the figures behind the lab's headline claims.
 
-    .venv/bin/python bench/modes.py                 # saturation + 2 Gbit/s paced, 3 repeats
+    .venv/bin/python bench/modes.py                 # saturation + 1 Gbit/s paced, 3 repeats
     .venv/bin/python bench/modes.py --rates unpaced --repeats 5 --duration 8
+    .venv/bin/python bench/modes.py --senders frame-per-write
     .venv/bin/python bench/modes.py --soak 60       # relay RSS through 60 s at saturation
 
 For each mode (epoll as a classic event loop, epoll with coalesced sends, io_uring with
-every switch, and io_uring with each switch off in turn) it runs the same load through
-labkit.sweep: interleaved repeats (A B C … A B C …, so machine drift hits every
-mode alike), relay and load generator pinned to different CPUs, and prints medians:
+every switch, and io_uring with each switch off in turn) and each kind of sender (labkit's
+batched one, and frame-per-write: one send() per frame, as a real client writes) it runs
+the same load through labkit.sweep: interleaved repeats (A B C … A B C …, so machine
+drift hits every mode and sender alike), relay and load generator pinned to different
+CPUs, and prints medians per sender:
 delivered Mbit/s, packets/s, loss, relay CPU (user/system), packets per relay CPU-second,
-syscalls per forwarded packet (perf's raw_syscalls on the relay's threads where perf works,
-else the relay's own count, labelled), context switches per second, and the load
-generator's CPU (to see whether it, not the relay, was the limit). Then the ratios against
-epoll. A script, not a test: the machine is shared, so read medians and ratios.
+relay CPU-seconds per forwarded Gbit, syscalls per forwarded packet (perf's raw_syscalls
+on the relay's threads where perf works, else the relay's own count, labelled), context
+switches per second, and the load generator's CPU (to see whether it, not the relay, was
+the limit). Then the ratios against epoll, per sender. The machine's load average is
+printed before and after. A script, not a test: the machine is shared, so read medians
+and ratios.
 """
 
 import argparse
@@ -27,33 +32,52 @@ from typing import Any
 import pandas as pd
 
 from labkit import LoadConfig, Relay, RelayConfig, run, sweep
+from labkit.procs.load import SENDERS
 
-# Mode name -> RelayConfig fields.  Multishot receives need provided buffers, so turning
-# provided buffers off turns multishot off too (the relay refuses the other combination).
+# Mode name -> RelayConfig fields.  Multishot receives need provided buffers and
+# poll_recv needs both, so turning one off turns off what needs it (the relay refuses the
+# other combinations).
 MODES: dict[str, dict[str, Any]] = {
     "epoll": {"io": "epoll"},
     "epoll+coalesce": {"io": "epoll", "coalesce": True},
+    "epoll+backpressure": {"io": "epoll", "backpressure": True},
     "uring": {"io": "uring"},
+    "uring (main's defaults)": {"io": "uring", "poll_recv": False, "backpressure": False},
+    "uring -poll_recv": {"io": "uring", "poll_recv": False},
+    "uring -backpressure": {"io": "uring", "backpressure": False},
+    "uring +defer_taskrun": {"io": "uring", "defer_taskrun": True},
     "uring -batch": {"io": "uring", "batch": False},
-    "uring -multishot": {"io": "uring", "multishot": False},
-    "uring -pbuf": {"io": "uring", "multishot": False, "provided_buffers": False},
+    "uring -multishot": {"io": "uring", "multishot": False, "poll_recv": False},
+    "uring -pbuf": {"io": "uring", "multishot": False, "provided_buffers": False,
+                    "poll_recv": False},
     "uring -coalesce": {"io": "uring", "coalesce": False},
+    "epoll tls": {"io": "epoll", "tls": "user"},
+    "uring tls": {"io": "uring", "tls": "user"},
 }
-SWITCH_FIELDS = ("io", "batch", "multishot", "provided_buffers", "coalesce")
+# What a plain run compares: the issue-13 table's rows (main's defaults: "before").
+DEFAULT_MODES = ("epoll", "epoll+coalesce", "uring", "uring (main's defaults)",
+                 "uring -multishot", "epoll tls", "uring tls")
+
+
+def _resolved(fields: dict[str, Any]) -> dict[str, Any]:
+    cfg = RelayConfig(**fields)
+    return {"io": cfg.io, "tls": cfg.tls} | cfg.switches()
 
 
 def mode_of(row: pd.Series) -> str:
-    """The MODES name a summary row ran: the one whose resolved switches it carries."""
+    """The MODES name a summary row ran: the first whose resolved io, TLS and switches
+    it carries (a mode that equals the defaults, like "uring +poll_recv" once poll_recv
+    is on by default, is named by the entry listed first)."""
     for name, fields in MODES.items():
-        resolved = RelayConfig(**fields).switches()
-        if row["io"] == fields["io"] and all(
-            bool(row[k]) == resolved[k] for k in SWITCH_FIELDS if k != "io"
-        ):
+        want = _resolved(fields)
+        if all((row[k] == v) if k in ("io", "tls") else (bool(row[k]) == v)
+               for k, v in want.items()):
             return name
     return "?"
 
 
 def table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Medians per mode of the runs of one sender."""
     ok = runs[runs["status"] == "ok"].copy()
     ok["mode"] = ok.apply(mode_of, axis=1)
     ok["pkts_per_cpu_s"] = ok["relay_packets"] / ok["relay_cpu_s"]
@@ -62,9 +86,11 @@ def table(runs: pd.DataFrame) -> pd.DataFrame:
     ok["sys_per_pkt"] = ok["perf_syscalls_per_packet"] if perf else ok["syscalls_per_packet"]
     cols = {"mbps": "Mbit/s", "pps": "pkt/s", "loss_pct": "loss %",
             "relay_user_s": "relay user s", "relay_sys_s": "relay sys s",
-            "pkts_per_cpu_s": "pkt per relay CPU-s",
+            "pkts_per_cpu_s": "pkt per relay CPU-s", "cpu_s_per_gbit": "relay CPU-s/Gbit",
             "sys_per_pkt": "syscalls/pkt (perf)" if perf else "syscalls/pkt (relay's own)",
-            "ctx_per_s": "ctx sw/s", "load_cpu_pct": "load gen CPU %"}
+            "ctx_per_s": "ctx sw/s", "recvs_per_packet": "recvs/pkt",
+            "bytes_per_recv": "B/recv", "enters_per_packet": "enters/pkt",
+            "sends_held_per_packet": "held sends/pkt", "load_cpu_pct": "load gen CPU %"}
     med = ok.groupby("mode", sort=False)[list(cols)].median().rename(columns=cols)
     med.insert(0, "runs", ok.groupby("mode", sort=False).size())
     return med.reindex([m for m in MODES if m in med.index])
@@ -77,6 +103,7 @@ def ratios(med: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "syscalls/pkt vs epoll": med[sys_col] / base[sys_col],
         "pkt per CPU-s vs epoll": med["pkt per relay CPU-s"] / base["pkt per relay CPU-s"],
+        "CPU-s/Gbit vs epoll": med["relay CPU-s/Gbit"] / base["relay CPU-s/Gbit"],
         "Mbit/s vs epoll": med["Mbit/s"] / base["Mbit/s"],
     })
 
@@ -116,11 +143,20 @@ def soak(seconds: float, mode: str, pairs: int, size: int) -> None:
           f"(change {100 * (last - first) / first:+.1f} %)")
 
 
+def load_average() -> str:
+    """The machine's 1/5/15-minute load averages: a shared machine's figures need them."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rates", default="unpaced,2000",
-                   help="comma list of offered Mbit/s or 'unpaced' (default unpaced,2000)")
-    p.add_argument("--modes", default=",".join(MODES), help="comma list from: " + ", ".join(MODES))
+    p.add_argument("--rates", default="unpaced,1000",
+                   help="comma list of offered Mbit/s or 'unpaced' (default unpaced,1000)")
+    p.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                   help="comma list from: " + ", ".join(MODES))
+    p.add_argument("--senders", default=",".join(SENDERS),
+                   help="comma list from: " + ", ".join(SENDERS) + " (default both)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
@@ -132,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soak", type=float, default=0.0,
                    help="instead: one run this long at saturation, printing relay RSS")
     p.add_argument("--soak-mode", default="uring", choices=list(MODES))
+    p.add_argument("--csv", default=None, help="also write every run's summary row here")
     a = p.parse_args(argv)
     if a.soak:
         soak(a.soak, a.soak_mode, a.pairs, a.size)
@@ -140,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         p.error(f"unknown modes {unknown}; choose from {list(MODES)}")
+    senders = [x.strip() for x in a.senders.split(",")]
+    if set(senders) - set(SENDERS):
+        p.error(f"unknown senders {sorted(set(senders) - set(SENDERS))}; choose from {SENDERS}")
     perf = {"auto": "auto", "on": True, "off": False}[a.perf]
     store = a.store or tempfile.mkdtemp(prefix="labkit-bench-")
     pd.set_option("display.width", 200)
@@ -147,20 +187,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {os.cpu_count()} CPUs, kernel {os.uname().release}; "
           f"{a.pairs} pairs x {a.size} B, {a.duration:g} s windows after {a.warmup:g} s "
           f"warm-up, {a.repeats} interleaved repeats, medians")
+    print(f"load average before: {load_average()}")
     for rate in [r.strip() for r in a.rates.split(",")]:
         rate_mbps = None if rate == "unpaced" else float(rate)
-        grid = [dict(MODES[m]) | {"rate_mbps": rate_mbps} for m in modes]
+        grid = [dict(MODES[m]) | {"rate_mbps": rate_mbps, "sender": snd}
+                for snd in senders for m in modes]
         res = sweep(grid, repeats=a.repeats, duration=a.duration, warmup=a.warmup,
                     load=LoadConfig(pairs=a.pairs, size=a.size), perf=perf, store=store,
                     name=f"bench-modes-{rate}", resume=False, compare=None)
+        if a.csv:
+            path = f"{a.csv}.{rate}.csv"
+            res.runs.to_csv(path, index=False)
+            print(f"runs written to {path}")
         if not res.failures.empty:
             print(f"{len(res.failures)} failed runs:\n{res.failures[['point', 'error']]}")
-        med = table(res.runs)
-        print(f"\n== offered load: {rate}" + ("" if rate == "unpaced" else " Mbit/s"))
-        print(med.to_string())
-        if "epoll" in med.index:
-            print("\nagainst epoll (median of each mode / median of epoll):")
-            print(ratios(med).to_string())
+        for snd in senders:
+            med = table(res.runs[res.runs["load_sender"] == snd])
+            print(f"\n== offered load: {rate}" + ("" if rate == "unpaced" else " Mbit/s")
+                  + f", sender: {snd}")
+            print(med.to_string())
+            if "epoll" in med.index:
+                print("\nagainst epoll (median of each mode / median of epoll):")
+                print(ratios(med).to_string())
+        print(f"load average: {load_average()}")
     print(f"\nruns stored in {store}")
     return 0
 

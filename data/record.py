@@ -27,8 +27,10 @@ from labkit import RelayConfig  # noqa: E402
 from labkit.lab import experiment, store  # noqa: E402
 from labkit.procs.load import Load, LoadConfig  # noqa: E402
 
-OFF = dict(batch=False, multishot=False, provided_buffers=False, coalesce=False)
-ON = dict(batch=True, multishot=True, provided_buffers=True, coalesce=True)
+OFF = dict(batch=False, multishot=False, provided_buffers=False, coalesce=False,
+           poll_recv=False, backpressure=False)
+ON = dict(batch=True, multishot=True, provided_buffers=True, coalesce=True, poll_recv=True,
+          backpressure=True)
 # The same variants as notebooks/03-ablation.ipynb (it matches runs to them by config).
 ABLATION = [
     dict(io="epoll", coalesce=False),
@@ -39,7 +41,8 @@ ABLATION = [
     dict(io="uring", **OFF | dict(coalesce=True)),
     dict(io="uring", **ON),
     dict(io="uring", **ON | dict(batch=False)),
-    dict(io="uring", **ON | dict(multishot=False)),
+    dict(io="uring", **ON | dict(poll_recv=False)),
+    dict(io="uring", **ON | dict(multishot=False, poll_recv=False)),
     dict(io="uring", **ON | dict(coalesce=False)),
 ]
 # The same relays and load as notebooks/07-flame-graphs.ipynb.

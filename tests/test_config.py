@@ -144,7 +144,8 @@ def test_switch_defaults_per_mode() -> None:
     uring = RelayConfig(io="uring").switches()
     assert uring == {
         "batch": True, "multishot": True, "provided_buffers": True, "coalesce": True,
-        "sqpoll": False, "defer_taskrun": False, "single_issuer": False,
+        "sqpoll": False, "defer_taskrun": False, "single_issuer": False, "poll_recv": True,
+        "backpressure": True,
     }
     assert RelayConfig(io="epoll").switches() == dict.fromkeys(SWITCHES, False)
     assert RelayConfig(io="epoll", coalesce=True).switches()["coalesce"] is True
@@ -216,7 +217,8 @@ def test_to_c_fills_the_struct(tmp_path: Path) -> None:
         assert getattr(lib, "LK_SW_" + s.upper()) > 0
     mesh = tmp_path / "mesh"
     mesh.write_text("cd" * 32)
-    cfg = RelayConfig(io="uring", workers=3, sqpoll=True, multishot=False, pin_cpus=True,
+    cfg = RelayConfig(io="uring", workers=3, sqpoll=True, multishot=False, poll_recv=False,
+                      pin_cpus=True,
                       mesh_key_file=str(mesh), write_timeout=0.0015,
                       keepalive=30, queue_depth=8, max_conns=10, pool_packets=99)
     priv = keys.generate_private_key()
@@ -224,7 +226,7 @@ def test_to_c_fills_the_struct(tmp_path: Path) -> None:
                        shm_name="/labkit-x", cert_file="/c.pem", key_file=None)
     assert (c.listen_fd, c.ready_fd, c.io, c.workers) == (7, 8, lib.LK_IO_URING, 3)
     expected = (lib.LK_SW_BATCH | lib.LK_SW_PROVIDED_BUFFERS | lib.LK_SW_COALESCE
-                | lib.LK_SW_SQPOLL)
+                | lib.LK_SW_SQPOLL | lib.LK_SW_BACKPRESSURE)
     assert c.switches == expected and c.pin_cpus == 1
     assert c.tls == lib.LK_TLS_OFF
     assert ffi.string(c.cert_file) == b"/c.pem" and c.key_file == ffi.NULL

@@ -213,7 +213,8 @@ def _run(args: argparse.Namespace) -> int:
         io=args.io, tls=args.tls, workers=args.workers,
         **{s: getattr(args, s) for s in SWITCHES})
     load = LoadConfig(pairs=args.pairs, size=args.size, rate_mbps=args.rate,
-                      threads=args.threads, duration=args.duration, warmup=args.warmup)
+                      threads=args.threads, duration=args.duration, warmup=args.warmup,
+                      sender=args.sender)
     store = _store_arg(args)
     # everything is checked before the progress bar exists: a bad flag prints one line
     experiment.check_run(relay, load, hz=args.hz, store=store, cluster=args.cluster,

@@ -76,9 +76,9 @@ _RELAY_COLUMNS = ("io", "tls", "workers", *SWITCHES, "pin_cpus", "queue_depth",
 _LOAD_COLUMNS = {"mode": "load_mode", "pairs": "pairs", "size": "size",
                  "rate_mbps": "rate_mbps", "threads": "load_threads",
                  "pin_cpus": "load_pin_cpus", "first_cpu": "load_first_cpu",
-                 "transport": "transport"}
+                 "transport": "transport", "sender": "load_sender"}
 # LoadConfig fields a grid may vary (host/port/TLS follow the relay).
-_LOAD_GRID = {"mode", "pairs", "size", "rate_mbps", "threads", "transport"}
+_LOAD_GRID = {"mode", "pairs", "size", "rate_mbps", "threads", "transport", "sender"}
 _RELAY_GRID = {f.name for f in fields(RelayConfig)} - {"host", "port"}
 _RUN_GRID = {"duration", "warmup"}
 STOP_GRACE = 1.0  # seconds between SIGTERM and SIGKILL for the run's processes
@@ -797,7 +797,7 @@ def sweep(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], *,
     """Run every grid point `repeats` times, interleaved (A B … A B …), and summarise.
 
     grid keys: RelayConfig fields (io, tls, workers, switches, …), LoadConfig fields
-    (rate_mbps, size, pairs, threads, mode) and duration/warmup. Every point is validated
+    (rate_mbps, size, pairs, threads, mode, sender) and duration/warmup. Every point is validated
     before anything runs (ConfigError). store: True (your store) or a directory; with
     resume, (point, repeat) pairs that this machine already stored there with status "ok"
     are not run again (runs from another machine, or recorded references, never stand in

@@ -10,6 +10,9 @@ them, declared once in FIGURES (name -> label, unit) in the order a summary show
   figure when relay and load share cores);
 - delivered_*: relay CPU, perf syscalls and context switches per packet (or Gbit) the
   load generator received: the one basis every relay shares, external ones included;
+- recvs_per_packet, bytes_per_recv, enters_per_packet, pbuf_refills_per_packet,
+  sends_held_per_packet: what the receive path costs per packet (the relay's own
+  counters), the figures that explain an io_uring result rather than only show it;
 - lat_*_us: one-way latency percentiles from the load generator.
 
 An external relay (labkit.procs.external) has no shared-memory counters: SHM_ONLY figures
@@ -45,6 +48,11 @@ FIGURES: dict[str, tuple[str, str]] = {
     "perf_syscalls_per_packet": ("syscalls per packet (perf raw_syscalls)", "syscalls/packet"),
     "ctx_switches_per_kpkt": ("relay context switches per 1,000 packets", "switches/kpkt"),
     "cpu_s_per_gbit": ("relay CPU-seconds per Gbit", "CPU·s/Gbit"),
+    "recvs_per_packet": ("receives with data per packet in", "receives/packet"),
+    "bytes_per_recv": ("bytes per receive", "bytes/receive"),
+    "enters_per_packet": ("io_uring_enter calls per packet", "calls/packet"),
+    "pbuf_refills_per_packet": ("provided-buffer refills per packet in", "buffers/packet"),
+    "sends_held_per_packet": ("sends held for the batched enter per packet", "sends/packet"),
     "relay_cpu_pct": ("relay CPU", "% of one core"),
     "load_cpu_pct": ("load generator CPU", "% of one core"),
     "drops": ("relay drops in the window", "packets"),
@@ -66,7 +74,8 @@ FIGURES: dict[str, tuple[str, str]] = {
 # Figures only labkit's relay can give (they read its shared-memory counters): NaN, "not
 # available for this relay", for an external one, never 0.
 SHM_ONLY = ("relay_packets", "relay_syscalls", "syscalls_per_packet", "ctx_switches_per_kpkt",
-            "cpu_s_per_gbit", "drops")
+            "cpu_s_per_gbit", "drops", "recvs_per_packet", "bytes_per_recv",
+            "enters_per_packet", "pbuf_refills_per_packet", "sends_held_per_packet")
 
 
 @dataclass
@@ -132,6 +141,14 @@ def window_figures(s0: Snap, s1: Snap, res: LoadResult, size: int) -> dict[str, 
         "cpu_s_per_gbit": cpu / gbit if gbit > 0 else nan,
         "drops": drops,
         "latency_samples": res.latency_samples,
+    }
+    pin, recvs = d("packets_in"), d("recv_data")
+    out |= {
+        "recvs_per_packet": recvs / pin if pin else nan,
+        "bytes_per_recv": d("bytes_in") / recvs if recvs else nan,
+        "enters_per_packet": d("sys_io_uring_enter") / fwd if fwd else nan,
+        "pbuf_refills_per_packet": d("pbuf_refills") / pin if pin else nan,
+        "sends_held_per_packet": d("sends_held") / fwd if fwd else nan,
     }
     delivered_gbit = res.received * size * 8 / 1e9
     out["delivered_cpu_s_per_gbit"] = cpu / delivered_gbit if delivered_gbit > 0 else nan

@@ -39,6 +39,9 @@ from labkit.procs.child import ChildFailed
 TLS_MODES = ("off", "user", "ktls")
 LOAD_MODES = ("throughput", "echo")
 TRANSPORTS = ("raw", "websocket")  # as labkit.derp.TRANSPORTS (not imported: no PyNaCl here)
+# How a sender writes (enum lk_load_sender): many frames per send(), or one frame per
+# send() as a real client writes one WireGuard packet at a time.
+SENDERS = ("batched", "frame-per-write")
 MAX_PAIRS = 4096  # LK_LOAD_MAX_PAIRS in native/src/load.h
 MAX_THREADS = 64  # LK_MAX_WORKERS
 MIN_SIZE, MAX_SIZE = 16, 65536  # sequence + stamp .. a DERP packet's limit
@@ -67,6 +70,7 @@ class LoadConfig:
     # how DERP travels: raw after Upgrade: DERP, or inside WebSocket binary messages
     # (one per batch the senders write), as browser clients reach derper
     transport: Literal["raw", "websocket"] = "raw"
+    sender: Literal["batched", "frame-per-write"] = "batched"
 
     def __post_init__(self) -> None:
         if isinstance(self.ca_file, os.PathLike):
@@ -104,7 +108,7 @@ class LoadConfig:
             p.append(Problem("port", self.port, "must be the relay's port 1..65535 "
                              "(Relay.port; LoadConfig.for_relay(relay) fills it)"))
         for name, choices in (("tls", TLS_MODES), ("mode", LOAD_MODES),
-                              ("transport", TRANSPORTS)):
+                              ("transport", TRANSPORTS), ("sender", SENDERS)):
             if getattr(self, name) not in choices:
                 p.append(Problem(name, getattr(self, name), "is not known",
                                  "choose one of " + ", ".join(repr(c) for c in choices),
@@ -190,6 +194,7 @@ class LoadConfig:
             "--warmup", repr(float(self.warmup)),
             "--threads", str(self.threads),
             "--transport", self.transport,
+            "--sender", self.sender,
         ]
         if self.insecure:
             args.append("--insecure")
@@ -240,6 +245,8 @@ class LoadConfig:
         cfg.ready_fd = ready_fd
         cfg.transport = {"raw": lib.LK_TRANSPORT_RAW,
                          "websocket": lib.LK_TRANSPORT_WEBSOCKET}[self.transport]
+        cfg.sender = {"batched": lib.LK_SENDER_BATCHED,
+                      "frame-per-write": lib.LK_SENDER_FRAME_PER_WRITE}[self.sender]
         return cfg, keepalive
 
 
@@ -521,6 +528,9 @@ def add_load_arguments(parser: argparse.ArgumentParser | Any) -> None:
                         help="load generator event-loop threads")
     parser.add_argument("--transport", default=d.transport, choices=TRANSPORTS,
                         help="raw DERP, or DERP inside WebSocket binary messages")
+    parser.add_argument("--sender", default=d.sender, choices=SENDERS,
+                        help="batched: many frames per send(); frame-per-write: one send() "
+                        "per frame, as a real client writes")
     parser.set_defaults(_field_flags={"rate_mbps": "--rate"})
 
 
@@ -530,7 +540,7 @@ def from_namespace(ns: argparse.Namespace) -> LoadConfig:
         host=host, port=port, tls=ns.tls, insecure=ns.insecure, ca_file=ns.ca_file,
         mode=ns.mode, pairs=ns.pairs, size=ns.size, rate_mbps=ns.rate,
         duration=ns.duration, warmup=ns.warmup, threads=ns.threads, pin_cpus=ns.pin_cpus,
-        first_cpu=ns.first_cpu, transport=ns.transport,
+        first_cpu=ns.first_cpu, transport=ns.transport, sender=ns.sender,
     )
 
 

@@ -63,7 +63,15 @@ enum lk_backend { LK_BK_EPOLL = 1, LK_BK_URING = 2 };
     X(DEFER_TASKRUN, LK_BK_URING, 0, 0, 0, "", "Linux 6.1 (IORING_SETUP_DEFER_TASKRUN)",   \
       "completion work runs only when the worker waits")                                 \
     X(SINGLE_ISSUER, LK_BK_URING, 0, 0, 0, "", "Linux 6.0 (IORING_SETUP_SINGLE_ISSUER)",   \
-      "the kernel may assume one thread submits")
+      "the kernel may assume one thread submits")                                        \
+    X(POLL_RECV, LK_BK_URING, 0, 1, LK_SW_MULTISHOT | LK_SW_PROVIDED_BUFFERS,              \
+      "the multishot operation becomes a readiness poll; its receives pick provided buffers",\
+      "Linux 5.13 (multishot poll)",                                                     \
+      "a multishot poll marks a connection readable and the pass's one recv drains it, "  \
+      "instead of a receive the kernel re-runs as each segment lands")                    \
+    X(BACKPRESSURE, LK_BK_EPOLL | LK_BK_URING, 0, 1, 0, "", "",                            \
+      "overload policy: stop reading a sender while its destination's queue is full "      \
+      "(off: drop the oldest queued packet, as derper does)")
 
 #define LK_SWITCH_ENUM_(ID, ...) LK_SWI_##ID,
 enum lk_switch_index { LK_SWITCH_TABLE(LK_SWITCH_ENUM_) LK_SWITCH__COUNT };
@@ -181,7 +189,20 @@ enum lk_counter_kind { LK_KIND_COUNTER = 0, LK_KIND_GAUGE = 1, LK_KIND_HIGH_WATE
     X(CLOSE_WS_FLOOD, COUNTER, "close", "connections",                                     \
       "WebSocket control frames faster than 10/s after a burst of 100")                 \
     X(CLOSE_WS_CLOSED, COUNTER, "close", "connections", "WebSocket Close from the client") \
-    X(WS_PINGS, COUNTER, "control", "frames", "WebSocket Pings received")
+    X(WS_PINGS, COUNTER, "control", "frames", "WebSocket Pings received")                  \
+    X(RECV_DATA, COUNTER, "recv", "receives",                                              \
+      "receive calls or completions that returned data (bytes_in / recv_data: their size)")\
+    X(RECV_ARMED, COUNTER, "uring", "SQEs", "receive (or readiness poll) SQEs armed")      \
+    X(PBUF_REFILLS, COUNTER, "uring", "buffers", "provided buffers handed back to the ring")\
+    X(PBUF_EMPTY, COUNTER, "uring", "completions",                                         \
+      "receives the kernel ended for want of a provided buffer (ENOBUFS)")                 \
+    X(RECV_PARKED, COUNTER, "uring", "completions",                                        \
+      "receive completions left for a later pass (the pass's packet budget was spent)")    \
+    X(SENDS_HELD, COUNTER, "uring", "sends",                                               \
+      "sends prepared, then held for the pass's one io_uring_enter (batch)")              \
+    X(READ_PAUSES, COUNTER, "overload", "pauses",                                          \
+      "backpressure: reading a client stopped because a destination of its was full")     \
+    X(READS_PAUSED, GAUGE, "overload", "connections", "backpressure: clients not read now")
 
 #define LK_COUNTER_ENUM_(ID, ...) LK_C_##ID,
 enum lk_counter { LK_COUNTER_TABLE(LK_COUNTER_ENUM_) LK_C__COUNT };
@@ -381,6 +402,12 @@ int lk_test_ws_parse(const uint8_t *data, size_t len, size_t chunk, int from_cli
 enum lk_load_mode { LK_LOAD_THROUGHPUT = 0, LK_LOAD_ECHO = 1 };
 /* How DERP travels: raw after `Upgrade: DERP`, or in WebSocket binary messages. */
 enum lk_transport { LK_TRANSPORT_RAW = 0, LK_TRANSPORT_WEBSOCKET = 1 };
+/* How a sender hands packets to its socket.  Batched: many SendPacket frames laid
+ * out in one buffer and written with one send() (the generator stays cheap, the
+ * relay sees large segments).  Frame-per-write: one send() per frame, each frame
+ * stamped when it is written, as a real client sends one WireGuard packet at a time
+ * (Tailscale's client, derp-scale-test); with TLS, one record per frame. */
+enum lk_load_sender { LK_SENDER_BATCHED = 0, LK_SENDER_FRAME_PER_WRITE = 1 };
 
 typedef struct lk_load_config {
     const char *host;         /* relay address (numeric IPv4/IPv6 or name) */
@@ -400,6 +427,7 @@ typedef struct lk_load_config {
     const char *shm_name;     /* counters for live plots; NULL = none */
     int ready_fd;             /* "ready\n" once every pair has handshaked; -1 = none */
     int transport;            /* enum lk_transport */
+    int sender;               /* enum lk_load_sender */
 } lk_load_config;
 
 #define LK_LOAD_PCTS 7

@@ -31,6 +31,9 @@ typedef struct lk_io_ops {
     int (*add_conn)(struct lk_worker *w, struct lk_conn *c);
     /* The core queued output for c: send now or when the socket allows. */
     void (*flush)(struct lk_worker *w, struct lk_conn *c);
+    /* Backpressure: stop (paused 1) or resume (0) reading c; c->read_paused already
+     * says which.  Bytes the kernel already handed over are still delivered. */
+    void (*set_paused)(struct lk_worker *w, struct lk_conn *c, int paused);
     /* Stop watching c without closing it (it moves to another thread). */
     void (*detach)(struct lk_worker *w, struct lk_conn *c);
     /* Tear down c's kernel side; call lk_core_release() once nothing refers to it. */

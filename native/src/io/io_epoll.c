@@ -74,12 +74,26 @@ static int ep_add_conn(lk_worker *w, lk_conn *c)
     return ep_ctl(w, EPOLL_CTL_ADD, c->fd, EPOLLIN, lk_conn_token(c));
 }
 
+/* The interest set c needs now: EPOLLIN unless backpressure paused it, EPOLLOUT while
+ * a send waits for room. */
+static void update_events(lk_worker *w, lk_conn *c)
+{
+    uint32_t want = (c->read_paused ? 0 : EPOLLIN) | (c->send_busy ? EPOLLOUT : 0);
+    ep_ctl(w, EPOLL_CTL_MOD, c->fd, want, lk_conn_token(c));
+}
+
 static void set_want_write(lk_worker *w, lk_conn *c, int want)
 {
     if (c->send_busy == want)
         return;
     c->send_busy = (uint8_t)want;
-    ep_ctl(w, EPOLL_CTL_MOD, c->fd, want ? EPOLLIN | EPOLLOUT : EPOLLIN, lk_conn_token(c));
+    update_events(w, c);
+}
+
+static void ep_set_paused(lk_worker *w, lk_conn *c, int paused)
+{
+    (void)paused;  /* c->read_paused already says it */
+    update_events(w, c);
 }
 
 /* Send until the socket is full or nothing is left. */
@@ -192,9 +206,10 @@ static void ep_readable(lk_worker *w, lk_conn *c)
     LK_COUNT(w, SYS_READ);
     /* kTLS handshake (acceptor only): look, and let the core take what it used */
     ssize_t r = recv(c->fd, w->rbuf, w->rbuf_len, c->ktls_peek ? MSG_PEEK : 0);
-    if (r > 0)
+    if (r > 0) {
+        LK_COUNT(w, RECV_DATA);
         lk_core_received(w, c, w->rbuf, (size_t)r);
-    else if (r == 0)
+    } else if (r == 0)
         lk_core_io_error(w, c, 0);
     else if (errno != EAGAIN && errno != EINTR)
         lk_core_io_error(w, c, errno);
@@ -219,7 +234,10 @@ static int ep_wait(lk_worker *w, int timeout_ms)
             (void)!read(s->wake_fd, &v, sizeof v);
         } else if (token != TOKEN_STOP) {
             lk_conn *c = lk_conn_from_token(w, token);
-            if (c && lk_conn_alive(c) && (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+            /* a paused client is not read, but an error or hang-up (reported whatever
+             * the interest set) is taken now, or level-triggered epoll repeats it */
+            if (c && lk_conn_alive(c) &&
+                ((ev & (EPOLLERR | EPOLLHUP)) || ((ev & EPOLLIN) && !c->read_paused)))
                 ep_readable(w, c);
             if (c && lk_conn_alive(c) && (ev & EPOLLOUT))
                 ep_send(w, c);
@@ -241,6 +259,7 @@ const lk_io_ops lk_io_epoll = {
     .destroy = ep_destroy,
     .add_conn = ep_add_conn,
     .flush = ep_flush,
+    .set_paused = ep_set_paused,
     .detach = ep_detach,
     .close_conn = ep_close_conn,
     .wait = ep_wait,

@@ -7,7 +7,19 @@
  *                     per connection)
  *   coalesce          all queued frames leave in one sendmsg (off: one send
  *                     per frame)
+ *   poll_recv         the multishot operation is a readiness poll, and each
+ *                     pass issues one recv per readable connection (below)
  *   sqpoll, defer_taskrun, single_issuer   ring set-up flags
+ *
+ * Why poll_recv: a multishot recv is re-run by the kernel, in task work,
+ * each time a segment lands on its socket.  With a sender that writes one
+ * frame per syscall that is one tcp_recvmsg per ~1.4 kB segment, each taking
+ * the socket lock while the sender's softirq (on another CPU) appends the
+ * next: a profile showed ~45 % of the relay's CPU spinning in
+ * lock_sock_nested under io_recv.  A poll wake-up takes no socket lock
+ * (tcp_poll reads state), so poll_recv only notes "readable" and the recv
+ * goes in with the pass's submit, by which time many segments wait: one
+ * lock and one completion drain them all.
  * A switch the kernel cannot honour makes init fail with the reason.
  * Data workers only: connections arrive set up from the acceptor (shard.h). */
 #include <errno.h>
@@ -39,17 +51,19 @@
 #define UR_BGID 1
 
 /* user_data: operation in the top byte, then 24 bits of generation, then slot */
-enum ur_op { OP_RECV = 1, OP_SEND, OP_WAKE, OP_STOP };
+enum ur_op { OP_RECV = 1, OP_SEND, OP_WAKE, OP_STOP, OP_POLL, OP_CANCEL };
 
 typedef struct ur_state {
     struct io_uring ring;
-    int batch, multishot, pbuf, coalesce, sqpoll;
+    int batch, multishot, pbuf, coalesce, sqpoll, poll_recv;
     struct io_uring_buf_ring *br;
     uint8_t *bufs;
     int wake_fd;
     uint64_t wake_value;
     struct io_uring_cqe *parked;   /* receive completions left for the next pass */
     uint32_t n_parked, cap_parked;
+    lk_conn **ready;               /* poll_recv: readable connections, each at most once */
+    uint32_t n_ready;
 } ur_state;
 
 static uint64_t ud(enum ur_op op, const lk_conn *c)
@@ -122,7 +136,8 @@ static void arm_recv(lk_worker *w, lk_conn *c)
 {
     ur_state *s = w->io_state;
     struct io_uring_sqe *sqe = get_sqe(w);
-    if (s->multishot)
+    LK_COUNT(w, RECV_ARMED);
+    if (s->multishot && !s->poll_recv)
         io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
     else if (s->pbuf)
         io_uring_prep_recv(sqe, c->fd, NULL, UR_PBUF_SIZE, 0);
@@ -134,7 +149,61 @@ static void arm_recv(lk_worker *w, lk_conn *c)
     }
     io_uring_sqe_set_data64(sqe, ud(OP_RECV, c));
     c->io_refs++;
+    c->io_recv_busy = 1;
     queued(w);
+}
+
+/* ---- poll_recv: readiness from a multishot poll, one recv per pass --------- */
+
+static void arm_poll(lk_worker *w, lk_conn *c)
+{
+    struct io_uring_sqe *sqe = get_sqe(w);
+    LK_COUNT(w, RECV_ARMED);
+    io_uring_prep_poll_multishot(sqe, c->fd, POLLIN | POLLRDHUP);
+    io_uring_sqe_set_data64(sqe, ud(OP_POLL, c));
+    c->io_refs++;
+    c->io_poll = 1;
+    queued(w);
+}
+
+static void mark_ready(ur_state *s, lk_conn *c)
+{
+    if (!c->io_ready) {  /* at most once per connection: max_conns entries suffice */
+        c->io_ready = 1;
+        s->ready[s->n_ready++] = c;
+    }
+}
+
+static void unmark_ready(ur_state *s, lk_conn *c)
+{
+    if (!c->io_ready)
+        return;
+    c->io_ready = 0;
+    for (uint32_t i = 0; i < s->n_ready; i++)
+        if (s->ready[i] == c) {
+            s->ready[i] = s->ready[--s->n_ready];
+            return;
+        }
+}
+
+/* Before the pass's submit: one recv for each readable connection that has none in
+ * flight (one still in flight keeps its mark: its completion may not have seen the
+ * newest segment). */
+static void issue_ready(lk_worker *w)
+{
+    ur_state *s = w->io_state;
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < s->n_ready; i++) {
+        lk_conn *c = s->ready[i];
+        if (c->io_recv_busy || c->read_paused) {  /* paused: read once resumed */
+            s->ready[kept++] = c;
+            continue;
+        }
+        c->io_ready = 0;
+        if (lk_conn_alive(c))
+            arm_recv(w, c);
+    }
+    s->n_ready = kept;
 }
 
 /* ---- set-up: each switch checked against the running kernel ------------- */
@@ -226,6 +295,7 @@ static int setup_ring(ur_state *s, uint32_t sw)
     s->pbuf = (sw & LK_SW_PROVIDED_BUFFERS) != 0;
     s->coalesce = (sw & LK_SW_COALESCE) != 0;
     s->sqpoll = (sw & LK_SW_SQPOLL) != 0;
+    s->poll_recv = (sw & LK_SW_POLL_RECV) != 0;
     struct io_uring_params p = {0};
     if (s->sqpoll) {
         p.flags |= IORING_SETUP_SQPOLL;
@@ -283,7 +353,8 @@ static int ur_init(lk_worker *w)
     /* at most one held buffer or one pending receive per connection, plus the ring */
     s->cap_parked = w->max_conns + UR_PBUF_COUNT;
     s->parked = malloc(s->cap_parked * sizeof *s->parked);
-    if (!s->parked)
+    s->ready = s->poll_recv ? malloc(w->max_conns * sizeof *s->ready) : NULL;
+    if (!s->parked || (s->poll_recv && !s->ready))
         return lk_fail(LK_ERR_NOMEM, "no memory for parked completions");
     s->wake_fd = eventfd(0, EFD_CLOEXEC);
     if (s->wake_fd < 0)
@@ -300,6 +371,7 @@ static void ur_destroy(lk_worker *w)
     ur_state *s = w->io_state;
     free_ring(s);
     free(s->parked);
+    free(s->ready);
     if (s->wake_fd >= 0)
         close(s->wake_fd);
     free(s);
@@ -313,7 +385,10 @@ static int ur_add_conn(lk_worker *w, lk_conn *c)
     ur_state *s = w->io_state;
     if (!s->pbuf && !(c->io_buf = malloc(UR_CONN_BUF)))
         return -1;
-    arm_recv(w, c);
+    if (s->poll_recv)
+        arm_poll(w, c);  /* data already waiting makes the poll fire at once */
+    else
+        arm_recv(w, c);
     return 0;
 }
 
@@ -335,6 +410,8 @@ static void ur_flush(lk_worker *w, lk_conn *c)
     io_uring_sqe_set_data64(sqe, ud(OP_SEND, c));
     c->send_busy = 1;
     c->io_refs++;
+    if (s->batch)
+        LK_COUNT(w, SENDS_HELD);
     queued(w);
 }
 
@@ -350,14 +427,23 @@ static void finish_close(lk_worker *w, lk_conn *c)
 
 static void ur_close_conn(lk_worker *w, lk_conn *c)
 {
+    ur_state *s = w->io_state;
+    unmark_ready(s, c);
     if (c->io_refs == 0) {
         finish_close(w, c);
         return;
     }
     /* the kernel still holds a recv or send: shutdown completes them, and the
-     * last completion finishes the close */
+     * last completion finishes the close; a poll outlives shutdown, so it is
+     * cancelled */
     LK_COUNT(w, SYS_OTHER);
     shutdown(c->fd, SHUT_RDWR);
+    if (c->io_poll) {
+        struct io_uring_sqe *sqe = get_sqe(w);
+        io_uring_prep_cancel64(sqe, ud(OP_POLL, c), 0);
+        io_uring_sqe_set_data64(sqe, ud(OP_CANCEL, NULL));
+        queued(w);
+    }
 }
 
 static void drop_ref(lk_worker *w, lk_conn *c)
@@ -372,26 +458,61 @@ static void on_recv(lk_worker *w, lk_conn *c, struct io_uring_cqe *cqe)
     int more = (cqe->flags & IORING_CQE_F_MORE) != 0;
     int has_buf = (cqe->flags & IORING_CQE_F_BUFFER) != 0;
     unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+    if (cqe->res > 0)
+        LK_COUNT(w, RECV_DATA);
     if (cqe->res > 0 && c->state != LK_CS_CLOSING) {
         const uint8_t *data = has_buf ? s->bufs + (size_t)bid * UR_PBUF_SIZE : c->io_buf;
         lk_core_received(w, c, data, (size_t)cqe->res);  /* copies out everything it keeps */
     }
-    if (has_buf)
+    if (has_buf) {
         return_buf(s, bid);
+        LK_COUNT(w, PBUF_REFILLS);
+    }
+    if (cqe->res == -ENOBUFS)
+        LK_COUNT(w, PBUF_EMPTY);
     if (more)
         return;
+    c->io_recv_busy = 0;
     if (c->state == LK_CS_CLOSING) {
         drop_ref(w, c);
         return;
     }
     c->io_refs--;
-    if (cqe->res == 0 || (cqe->res < 0 && cqe->res != -ENOBUFS)) {
+    if (cqe->res == 0 || (cqe->res < 0 && cqe->res != -ENOBUFS && cqe->res != -ECANCELED)) {
         lk_core_io_error(w, c, -cqe->res);
         if (c->state == LK_CS_CLOSING && c->io_refs == 0)
             finish_close(w, c);
         return;
     }
-    arm_recv(w, c);  /* one-shot, a multishot that ended, or ENOBUFS */
+    if (c->read_paused)
+        return;  /* backpressure: ur_set_paused re-arms it */
+    if (!s->poll_recv)
+        arm_recv(w, c);  /* one-shot, a multishot that ended, or ENOBUFS */
+    else if (cqe->res == (int)UR_PBUF_SIZE || cqe->res == -ENOBUFS || c->io_hup)
+        mark_ready(s, c);  /* a full buffer or a hang-up: more may wait, and no poll says so */
+}
+
+static void on_poll(lk_worker *w, lk_conn *c, struct io_uring_cqe *cqe)
+{
+    ur_state *s = w->io_state;
+    /* data and the peer's FIN may come in one wake-up: after a hang-up the poll may say
+     * nothing more, so receives go on until one returns EOF */
+    if (cqe->res > 0 && (cqe->res & (POLLRDHUP | POLLHUP | POLLERR)))
+        c->io_hup = 1;
+    if (cqe->flags & IORING_CQE_F_MORE) {
+        if (cqe->res > 0 && lk_conn_alive(c))
+            mark_ready(s, c);
+        return;
+    }
+    c->io_poll = 0;  /* cancelled at close, or the kernel ended it (CQ overflow) */
+    if (c->state == LK_CS_CLOSING) {
+        drop_ref(w, c);
+        return;
+    }
+    c->io_refs--;
+    if (cqe->res > 0)
+        mark_ready(s, c);
+    arm_poll(w, c);
 }
 
 static void on_send(lk_worker *w, lk_conn *c, struct io_uring_cqe *cqe)
@@ -421,7 +542,10 @@ static void dispatch(lk_worker *w, struct io_uring_cqe *cqe)
         break;
     case OP_STOP:
         break;  /* lk_relay_stop() set the flag the loop checks */
+    case OP_CANCEL:
+        break;  /* the cancelled poll's own completion finishes its part */
     case OP_RECV:
+    case OP_POLL:
     case OP_SEND: {
         lk_conn *c = ud_conn(w, v);
         if (!c) {  /* cannot happen while io_refs holds the slot; never leak a buffer */
@@ -431,6 +555,8 @@ static void dispatch(lk_worker *w, struct io_uring_cqe *cqe)
         }
         if ((v >> 56) == OP_RECV)
             on_recv(w, c, cqe);
+        else if ((v >> 56) == OP_POLL)
+            on_poll(w, c, cqe);
         else
             on_send(w, c, cqe);
         break;
@@ -443,6 +569,8 @@ static int ur_wait(lk_worker *w, int timeout_ms)
     ur_state *s = w->io_state;
     struct io_uring_cqe *cqe;
     int rc;
+    if (s->poll_recv)
+        issue_ready(w);  /* they go in with this pass's submit */
     if (s->n_parked)
         timeout_ms = 0;  /* parked work is ready now */
     if (timeout_ms != 0 && will_enter(s, 1))
@@ -477,12 +605,34 @@ static int ur_wait(lk_worker *w, int timeout_ms)
     while (done < s->n_parked && w->admitted - admitted_before < UR_PASS_BUDGET)
         dispatch(w, &s->parked[done++]);
     s->n_parked -= done;
+    LK_COUNT_N(w, RECV_PARKED, s->n_parked);
     memmove(s->parked, s->parked + done, s->n_parked * sizeof *s->parked);
     io_uring_cq_advance(&s->ring, reaped);
     LK_COUNT_N(w, CQES_REAPED, reaped);
     if (reaped)
         w->stats.completions_hist[lk_hist_bucket(reaped)]++;
     return 0;
+}
+
+/* Backpressure.  Pausing: a poll_recv connection is just not given its next recv; a
+ * multishot recv is cancelled (what it already took is still delivered); a one-shot
+ * recv is not re-armed when it completes.  Resuming: receive again. */
+static void ur_set_paused(lk_worker *w, lk_conn *c, int paused)
+{
+    ur_state *s = w->io_state;
+    if (paused) {
+        if (s->multishot && !s->poll_recv && c->io_recv_busy) {
+            struct io_uring_sqe *sqe = get_sqe(w);
+            io_uring_prep_cancel64(sqe, ud(OP_RECV, c), 0);
+            io_uring_sqe_set_data64(sqe, ud(OP_CANCEL, NULL));
+            queued(w);
+        }
+        return;
+    }
+    if (s->poll_recv)
+        mark_ready(s, c);  /* data may have waited all along: no new poll event says so */
+    else if (!c->io_recv_busy)
+        arm_recv(w, c);
 }
 
 static void ur_discard_fd(lk_worker *w, int fd)
@@ -504,6 +654,7 @@ const lk_io_ops lk_io_uring = {
     .destroy = ur_destroy,
     .add_conn = ur_add_conn,
     .flush = ur_flush,
+    .set_paused = ur_set_paused,
     .close_conn = ur_close_conn,
     .wait = ur_wait,
     .wake = ur_wake,

@@ -64,6 +64,9 @@ static int validate(const lk_load_config *cfg)
         return lk_fail(LK_ERR_CONFIG, "tls must be off (0), user (1) or ktls (2), not %d", cfg->tls);
     if (cfg->mode != LK_LOAD_THROUGHPUT && cfg->mode != LK_LOAD_ECHO)
         return lk_fail(LK_ERR_CONFIG, "mode must be throughput (0) or echo (1), not %d", cfg->mode);
+    if (cfg->sender != LK_SENDER_BATCHED && cfg->sender != LK_SENDER_FRAME_PER_WRITE)
+        return lk_fail(LK_ERR_CONFIG, "sender must be batched (0) or frame-per-write (1), not %d",
+                       cfg->sender);
     if (cfg->pairs < 1 || cfg->pairs > LK_LOAD_MAX_PAIRS)
         return lk_fail(LK_ERR_CONFIG, "pairs must be 1..%d, not %d", LK_LOAD_MAX_PAIRS, cfg->pairs);
     if (cfg->size < LK_LOAD_PAYLOAD_MIN || cfg->size > LK_MAX_PACKET)

@@ -3,11 +3,15 @@
  * echo).
  *
  * Why batches: the relay is the thing under test, so the generator must
- * cross the kernel boundary as rarely as possible.  A sender lays out many
- * SendPacket frames in one buffer and writes them with one send(); a
+ * cross the kernel boundary as rarely as possible.  A batched sender lays out
+ * many SendPacket frames in one buffer and writes them with one send(); a
  * receiver reads up to LK_LOAD_RBUF bytes per recv() and parses every frame
- * in it.  Back-pressure is honoured, never spun on: a full socket arms
- * EPOLLOUT and the sender waits for it. */
+ * in it.  But a relay that only shines with large segments arriving is not
+ * fast for real clients, which write one packet per syscall: the
+ * frame-per-write sender does that (same budget per wake-up, one send() and
+ * one stamp per frame), so a result can say how much belongs to the client.
+ * Back-pressure is honoured, never spun on: a full socket arms EPOLLOUT and
+ * the sender waits for it. */
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -112,6 +116,24 @@ static void build(lk_load_thread *t, lk_load_conn *c, uint32_t n)
         t->sent_window += n;
 }
 
+/* Write up to n packets the sender's way: one batch in one send(), or one
+ * send() per frame until the socket is full.  Returns the packets handed
+ * over, or -1 when the connection died (its failure says why). */
+static int send_packets(lk_load_thread *t, lk_load_conn *c, uint32_t n)
+{
+    if (c->load->cfg.sender == LK_SENDER_BATCHED) {
+        build(t, c, n);
+        return lk_lc_flush(c) != 0 ? -1 : (int)n;
+    }
+    uint32_t i = 0;
+    for (; i < n && lk_lc_pending(c) == 0; i++) {
+        build(t, c, 1);
+        if (lk_lc_flush(c) != 0)
+            return -1;
+    }
+    return (int)i;
+}
+
 /* Unpaced: keep the socket full.  Called when EPOLLOUT says there is room. */
 static void unpaced_send(lk_load_thread *t, lk_load_conn *c)
 {
@@ -120,8 +142,7 @@ static void unpaced_send(lk_load_thread *t, lk_load_conn *c)
             close_sender(t, c);
             break;
         }
-        build(t, c, c->load->batch_frames);
-        if (lk_lc_flush(c) != 0)
+        if (send_packets(t, c, c->load->batch_frames) < 0)
             return;
     }
 }
@@ -147,8 +168,8 @@ static void note_missed(lk_load_thread *t, lk_load_conn *c, double tokens)
  * bucket holds up to 10 ms of the rate: a wake-up that comes late on a busy
  * machine (a millisecond is common on two shared cores) is made up for rather
  * than lost, while a long stall still cannot turn into more than a 10 ms
- * burst.  It leaves in batch-sized sends.  Returns the earliest time a sender
- * is due. */
+ * burst.  It leaves in batch-sized sends (or frame by frame).  Returns the
+ * earliest time a sender is due. */
 static uint64_t pace(lk_load_thread *t)
 {
     lk_load *l = t->load;
@@ -166,12 +187,12 @@ static uint64_t pace(lk_load_thread *t)
         }
         while (c->tokens >= l->quantum && lk_lc_pending(c) == 0) {
             uint32_t n = c->tokens < l->batch_frames ? (uint32_t)c->tokens : l->batch_frames;
-            build(t, c, n);
-            c->tokens -= n;
-            if (lk_lc_flush(c) != 0) {
+            int sent = send_packets(t, c, n);
+            if (sent < 0) {
                 report_dead(t, c);
                 break;
             }
+            c->tokens -= sent;
         }
         if (c->closed)
             continue;

@@ -129,6 +129,16 @@ typedef struct lk_conn {
     uint8_t send_busy;          /* a send is in flight / EPOLLOUT armed */
     uint8_t *io_buf;            /* io_uring per-connection receive buffer */
     struct msghdr io_msg;       /* io_uring: the vectored send in flight */
+    uint8_t io_poll;            /* io_uring poll_recv: the multishot poll is armed */
+    uint8_t io_ready;           /* io_uring poll_recv: readable, on the worker's ready list */
+    uint8_t io_recv_busy;       /* io_uring poll_recv: a recv is in flight */
+    uint8_t io_hup;             /* io_uring poll_recv: the peer shut down: read to EOF */
+
+    /* backpressure: this client is not read until what it waits on has drained */
+    uint8_t read_paused;
+    uint64_t paused_on;         /* token of the local destination it waits on, or 0 */
+    uint32_t paused_bucket;     /* 1 + the cross-shard destination bucket, or 0 */
+    struct lk_conn *paused_next;
 
     struct lk_conn *all_next, *all_prev;  /* every live conn, for timer scans */
 } lk_conn;

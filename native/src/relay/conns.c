@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "relay/overload.h"
 #include "relay/conns.h"
 #include "relay/output.h"
 #include "relay/routing.h"
@@ -54,6 +55,7 @@ static lk_conn *conn_alloc(lk_worker *w, int fd)
 
 static void unlink_all(lk_worker *w, lk_conn *c)
 {
+    lk_overload_forget(w, c);
     if (c->all_prev)
         c->all_prev->all_next = c->all_next;
     else

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "relay/output.h"
+#include "relay/overload.h"
 #include "relay/routing.h"
 #include "relay/shard.h"
 
@@ -229,6 +230,8 @@ static void deliver(lk_worker *w, const uint8_t dst[LK_KEY_LEN], lk_pkt *pkt, ui
         note_seen(w, r, pkt->data + LK_FRAME_HDR, src_peer, sender_worker);
     }
     lk_out_packet(w, r, pkt);
+    if (sender_worker == w->index)
+        lk_overload_after_local(w, sender, r);
 }
 
 void lk_route_packet(lk_worker *w, lk_conn *from, const uint8_t src[LK_KEY_LEN],
@@ -271,6 +274,7 @@ void lk_route_packet(lk_worker *w, lk_conn *from, const uint8_t src[LK_KEY_LEN],
     }
     w->route.xinflight[bucket]++;
     LK_COUNT(w, XSHARD_SENT);
+    lk_overload_after_remote(w, from, bucket, w->route.xinflight[bucket]);
 }
 
 void lk_route_on_packet(lk_worker *w, const lk_xmsg *m)

@@ -93,6 +93,7 @@ typedef struct lk_worker {
     lk_conn *dirty;               /* conns with new output, flushed at pass end */
     lk_conn *doomed;              /* marked for closing; closed before the backend resumes */
     lk_conn *watchers;            /* mesh peers that sent WatchConns */
+    lk_conn *paused;              /* backpressure: clients whose reading is paused */
     uint32_t admitted;            /* packets taken in this loop pass (io_uring's budget) */
 
     lk_peer_table peers;

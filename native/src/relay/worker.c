@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <sched.h>
 
+#include "relay/overload.h"
 #include "relay/conns.h"
 #include "relay/worker.h"
 #include "relay/output.h"
@@ -44,7 +45,7 @@ int lk_worker_init(lk_worker *w, lk_relay *r, uint32_t index)
         lk_conn *c = &w->conns[w->max_conns - 1 - i];
         c->slot = w->max_conns - 1 - i;
         c->fd = -1;
-        if (lk_out_queues_init(c, r->cfg.queue_depth) != 0)
+        if (lk_out_queues_init(c, lk_overload_queue_cap(&r->cfg)) != 0)
             return lk_fail(LK_ERR_NOMEM, "cannot allocate send queues");
         w->free_slots[i] = c->slot;
     }
@@ -240,6 +241,8 @@ void *lk_worker_main(void *arg)
             lk_conns_reap(w);
             flush_dirty(w);
         }
+        if (w->paused)
+            lk_overload_resume(w);
         lk_shard_flush(w);
         if (w->now - last_publish >= LK_MS) {
             publish(w);
