@@ -92,15 +92,22 @@ def _clients(relay: Relay) -> tuple[derp.Client, ...]:
     return a, b, s, t
 
 
+def _clients_with_flood(relay: Any) -> tuple[tuple[Any, ...], threading.Thread,
+                                              list[BaseException]]:
+    """A (not reading), B, S, T; S floods A and B from a thread that is already running."""
+    a, b, s, t = _clients(relay)
+    errors: list[BaseException] = []
+    flood = threading.Thread(target=_flood, args=(s, [a.public_key, b.public_key], errors),
+                             daemon=True)
+    flood.start()
+    return (a, b, s, t), flood, errors
+
+
 def test_backpressure_loses_nothing_and_blocks_the_senders_other_destinations(
         mode: dict[str, Any]) -> None:
     cfg = RelayConfig(**mode, backpressure=True, queue_depth=8, write_timeout=0)
     with Relay(cfg) as relay:
-        a, b, s, t = _clients(relay)
-        errors: list[BaseException] = []
-        flood = threading.Thread(target=_flood, args=(s, [a.public_key, b.public_key], errors),
-                                 daemon=True)
-        flood.start()
+        (a, b, s, t), flood, errors = _clients_with_flood(relay)
         counters = _eventually(relay, "reads_paused")
         assert counters["reads_paused"] >= 1, "the relay never paused the flooding sender"
         # Head-of-line: with A not reading, S's packets to B stop too.
@@ -132,11 +139,7 @@ def test_drop_policy_keeps_senders_flowing_and_drops_for_the_stalled_receiver(
         mode: dict[str, Any]) -> None:
     cfg = RelayConfig(**mode, backpressure=False, queue_depth=8, write_timeout=0)
     with Relay(cfg) as relay:
-        a, b, s, t = _clients(relay)
-        errors: list[BaseException] = []
-        flood = threading.Thread(target=_flood, args=(s, [a.public_key, b.public_key], errors),
-                                 daemon=True)
-        flood.start()
+        (a, b, s, t), flood, errors = _clients_with_flood(relay)
         # A never reads, yet S gets everything out (it is not slowed) and B, reading,
         # gets most of it (a 8-deep queue drops for a Python reader too, in order).
         got_b: list[int] = []

@@ -531,13 +531,8 @@ def run(relay: RelayUnderTest | None = None, load: LoadConfig | None = None, *,
     }
     if isinstance(the_relay, ExternalRelayProcess):
         meta["external"] = {"argv": the_relay.argv, "orphans": the_relay.orphans}
-    result = Result(pd.Series(summary, dtype=object), ticks, meta)
-    if store is not False:
-        _store.save(result, None if store is True else store)
-    control.finished.set()
-    if check and result.status == "failed":
-        raise RunFailed(result)
-    return result
+    return _conclude(Result(pd.Series(summary, dtype=object), ticks, meta), store, control,
+                     check)
 
 
 # ---- one run across hosts ----------------------------------------------------------------
@@ -624,13 +619,8 @@ def _run_on_cluster(cluster: Any, placement: Any, load_hosts: int | None,
         "pinning": hosts["pinning"], "sources": run.sources,
         "capabilities": _capabilities(), "hz": hz, "hosts": hosts,
     }
-    result = Result(pd.Series(summary, dtype=object), ticks, meta)
-    if store is not False:
-        _store.save(result, None if store is True else store)
-    control.finished.set()
-    if check and result.status == "failed":
-        raise RunFailed(result)
-    return result
+    return _conclude(Result(pd.Series(summary, dtype=object), ticks, meta), store, control,
+                     check)
 
 
 def placed_result(fields_: Mapping[str, Any]) -> Any:
@@ -949,3 +939,15 @@ def _sweep_fairness(resolved: list[tuple[dict[str, Any], RelayUnderTest, LoadCon
                                  "per-packet basis: packets the load generator received"],
         "unequal": unequal,
     }
+
+
+def _conclude(result: Result, store: bool | str | os.PathLike[str], control: RunControl,
+              check: bool) -> Result:
+    """A finished run, local or placed: stored (atomically) if asked, its control told,
+    RunFailed raised when check is set and it failed."""
+    if store is not False:
+        _store.save(result, None if store is True else store)
+    control.finished.set()
+    if check and result.status == "failed":
+        raise RunFailed(result)
+    return result
