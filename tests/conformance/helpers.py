@@ -140,11 +140,12 @@ def assert_open(client: derp.Client) -> None:
     assert client.ping(data, timeout=ARRIVE).data == data
 
 
-def assert_delivers(a: derp.Client, b: derp.Client, packet: bytes | None = None) -> None:
-    """A packet from `a` to `b` arrives intact with `a` as source."""
+def assert_delivers(a: derp.Client, b: derp.Client, packet: bytes | None = None,
+                    timeout: float = ARRIVE) -> None:
+    """A packet from `a` to `b` arrives intact with `a` as source (within `timeout`)."""
     packet = secrets.token_bytes(40) if packet is None else packet
     a.send(b.public_key, packet)
-    got = b.recv_packet(ARRIVE)
+    got = b.recv_packet(timeout)
     assert (got.src, got.data) == (a.public_key, packet)
 
 
