@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from labkit import Relay, RelayConfig, caps  # noqa: E402
+from labkit.hosts import sandbox  # noqa: E402
 from labkit.procs.load import Load, LoadConfig  # noqa: E402
 
 SYSCALLS = ("sys_read", "sys_write", "sys_writev", "sys_epoll_wait", "sys_epoll_ctl",
@@ -75,7 +76,7 @@ def main() -> int:
         print(f"no kTLS in this kernel ({why}): run it inside `labkit sandbox -- ...`",
               file=sys.stderr)
         return 2
-    uml = os.environ.get("LABKIT_SANDBOX") == "1"
+    uml = sandbox.inside_guest()
     print(f"kernel {platform.release()}, {os.cpu_count()} CPU(s); load: {args.pairs} pairs, "
           f"{args.size} B, {args.rate} Mbps paced, {args.duration} s, tls=user clients; "
           f"medians of {args.repeats} interleaved repeats")

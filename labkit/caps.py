@@ -329,7 +329,7 @@ def check_kernel() -> Capability:
 def check_sandbox(fresh: bool = False) -> Capability:
     """The sandbox from a real boot of its guest kernel (cached per guest and host kernel;
     fresh=True boots again)."""
-    if os.environ.get("LABKIT_SANDBOX") == "1":
+    if sandbox.inside_guest():
         return Capability("sandbox", None, "this is the sandbox (a UML guest): no nesting")
     ok, what = sandbox.available()
     if not ok:

@@ -336,16 +336,23 @@ def guest_delay_through_dask() -> dict[str, Any]:
 
 
 GUEST_OK, GUEST_WHY = sandbox.available()
+GUEST_TIMEOUT_S = 420  # a guest run took 80 s beside another suite, over 120 s once alone
 
 
-@pytest.mark.skipif(not GUEST_OK or os.environ.get("LABKIT_SANDBOX") == "1",
+@pytest.mark.skipif(not GUEST_OK or sandbox.inside_guest(),
                     reason=GUEST_WHY if not GUEST_OK else "already in the sandbox")
+@pytest.mark.timeout(GUEST_TIMEOUT_S + 60)  # the guest's own bound, then teardown
 def test_netem_delay_shows_in_the_ping_rtt_of_a_placed_run_in_the_guest() -> None:
     """An echo packet crosses four links (client to relay and back, relay to the echoing
     client and back): with DELAY_MS on each, every round trip takes 4 x DELAY_MS more
-    than unshaped; noise only adds time, so the fastest is at least that."""
+    than unshaped. Noise only adds time, so the fastest is at least that, and the fastest
+    is where a delay applied twice would show: the median of a guest on a busy host
+    carries its queueing too (71.6 ms for 40 + 0.6 in one run beside another suite), and
+    so may the unshaped run's median, which is why the medians are not subtracted (one run
+    beside another suite: unshaped 142.1 ms, shaped 89.4 ms)."""
     started = time.monotonic()
-    f = testbed.in_guest("test_cluster:guest_delay_through_dask", cwd=TESTS, timeout=420)
+    f = testbed.in_guest("test_cluster:guest_delay_through_dask", cwd=TESTS,
+                         timeout=GUEST_TIMEOUT_S)
     assert f["caps"]["netem"] is True
     plain, delay = f["plain"], f["delay"]
     assert plain["status"] == delay["status"] == "ok", (plain["error"], delay["error"])
@@ -354,6 +361,6 @@ def test_netem_delay_shows_in_the_ping_rtt_of_a_placed_run_in_the_guest() -> Non
     print(f"guest ({time.monotonic() - started:.0f} s): echo RTT p50 unshaped "
           f"{plain['p50_ms']:.2f} ms, with {DELAY_MS:g} ms per link {delay['p50_ms']:.2f} ms "
           f"(fastest {delay['min_ms']:.2f})")
-    assert delay["min_ms"] >= added - 0.5
-    assert added - 0.5 <= delay["p50_ms"] - plain["p50_ms"] <= added + 15
-    assert plain["p50_ms"] < 15
+    assert added - 0.5 <= delay["min_ms"] <= added + 15
+    assert delay["p50_ms"] >= added - 0.5
+    assert plain["min_ms"] < 15

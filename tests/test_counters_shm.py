@@ -9,6 +9,10 @@
 
 from __future__ import annotations
 
+import mmap
+import os
+import struct
+import threading
 import time
 from typing import Any
 
@@ -17,7 +21,8 @@ from counters_helpers import settled, wait_for
 
 from labkit import Relay, RelayConfig
 from labkit.counters import kinds
-from labkit.counters.shm import ShmCounters, counter_names
+from labkit.counters.shm import BUSY_RETRY_S, CounterLayoutError, ShmCounters, counter_names
+from labkit.native import ffi, lib
 from labkit.procs.load import Load, LoadConfig
 
 # up and down (pool_size is constant); queue_depth_max only goes up
@@ -101,3 +106,63 @@ def test_snapshots_are_consistent_and_monotonic(io: str) -> None:
     rate = reads / 1.5
     print(f"[{io}] {reads} slot reads ({rate:.0f}/s), {changes} saw a new publication")
     assert changes > 200, "the relay hardly published while we read: no hammering happened"
+
+
+def _region_with_one_worker(seq: int) -> tuple[str, mmap.mmap]:
+    """A counter region in /dev/shm written the way the native writer lays it out, whose
+    single worker's seqlock reads `seq`: odd is a writer caught mid-publication."""
+    name = f"/labkit-test-seqlock-{os.getpid()}-{seq}"
+    header = ffi.new("lk_shm_header *")
+    header.magic = lib.LK_SHM_MAGIC
+    header.layout = lib.lk_counters_layout()
+    header.header_size = ffi.sizeof("lk_shm_header")
+    header.worker_size = ffi.sizeof("lk_worker_counters")
+    header.n_workers = 1
+    header.n_counters = len(counter_names())
+    header.pid = os.getpid()
+    size = ffi.sizeof("lk_shm_header") + ffi.sizeof("lk_worker_counters")
+    path = os.path.join("/dev/shm", name.lstrip("/"))
+    with open(path, "w+b") as f:
+        f.truncate(size)
+        region = mmap.mmap(f.fileno(), size)
+    region[: ffi.sizeof("lk_shm_header")] = ffi.buffer(header)
+    _set_seq(region, seq)
+    return name, region
+
+
+def _set_seq(region: mmap.mmap, seq: int) -> None:
+    at = ffi.sizeof("lk_shm_header") + ffi.offsetof("lk_worker_counters", "seq")
+    region[at : at + 8] = struct.pack("=Q", seq)
+
+
+def test_a_reader_waits_out_a_writer_caught_mid_publication() -> None:
+    """The C reader gives up after its spins (LK_ERR_RETRY); the snapshot sleeps and reads
+    again, so a writer preempted with its seqlock odd delays a reader and does not fail
+    it, and one that never finishes fails it with the reason, after a bounded wait."""
+    name, region = _region_with_one_worker(seq=3)
+    try:
+        with ShmCounters(name) as shm:
+            finish = threading.Timer(0.1, _set_seq, (region, 4))
+            finish.start()
+            started = time.monotonic()
+            (row,) = shm.snapshot()
+            finish.join()
+            assert time.monotonic() - started >= 0.05, "read while the seqlock was odd"
+            assert row["conns_current"] == 0
+    finally:
+        region.close()
+        os.unlink(os.path.join("/dev/shm", name.lstrip("/")))
+
+
+def test_a_writer_that_never_finishes_fails_the_reader_with_the_reason() -> None:
+    name, region = _region_with_one_worker(seq=5)
+    try:
+        with ShmCounters(name) as shm:
+            started = time.monotonic()
+            with pytest.raises(CounterLayoutError, match="kept changing"):
+                shm.snapshot()
+            waited = time.monotonic() - started
+            assert BUSY_RETRY_S <= waited < BUSY_RETRY_S + 5
+    finally:
+        region.close()
+        os.unlink(os.path.join("/dev/shm", name.lstrip("/")))

@@ -37,7 +37,7 @@ from labkit.procs.load import Load, LoadConfig
 ROOT = Path(__file__).resolve().parent.parent
 KTLS_HERE, KTLS_WHY = caps.ktls_probe()
 SANDBOX_OK, SANDBOX_WHY = sandbox.available()
-IN_SANDBOX = os.environ.get("LABKIT_SANDBOX") == "1"
+IN_SANDBOX = sandbox.inside_guest()
 
 needs_ktls = pytest.mark.skipif(
     not KTLS_HERE,

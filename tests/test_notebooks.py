@@ -24,8 +24,11 @@ from labkit import caps
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 KTLS_NOTEBOOK = ROOT / "notebooks" / "04-userspace-vs-ktls.ipynb"
-CELL_TIMEOUT = 180  # seconds: one cell (nbclient)
-NOTEBOOK_TIMEOUT = 240  # seconds: a whole notebook in quick mode (the target is < 180)
+# Hang guards, not speed targets: each notebook's time is written to TIMES_FILE (the
+# target is < 180 s in quick mode). On a host running two suites, notebook 08's guest cell
+# took over 180 s.
+CELL_TIMEOUT = 420  # seconds: one cell (nbclient)
+NOTEBOOK_TIMEOUT = 600  # seconds: a whole notebook
 TIMES_FILE = ROOT / "build" / "test-reports" / "notebook-times.json"
 _times: dict[str, float] = {}
 

@@ -19,7 +19,7 @@ import pytest
 from labkit.hosts import sandbox
 
 OK, WHY = sandbox.available()
-needs_uml = pytest.mark.skipif(not OK or os.environ.get("LABKIT_SANDBOX") == "1",
+needs_uml = pytest.mark.skipif(not OK or sandbox.inside_guest(),
                                reason=WHY if not OK else "already inside the sandbox")
 
 

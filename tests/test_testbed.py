@@ -227,7 +227,7 @@ def assert_nothing_left(name: str, pidfds: list[int]) -> None:
 
 
 GUEST_OK, GUEST_WHY = sandbox.available()
-needs_guest = pytest.mark.skipif(not GUEST_OK or os.environ.get("LABKIT_SANDBOX") == "1",
+needs_guest = pytest.mark.skipif(not GUEST_OK or sandbox.inside_guest(),
                                  reason=GUEST_WHY if not GUEST_OK else "already in the sandbox")
 
 
@@ -452,6 +452,7 @@ def test_rate_shaping_limits_tcp_throughput_both_ways(name: str) -> None:
 # ---- in the sandbox guest, where netem exists -------------------------------------------------
 
 @needs_guest
+@pytest.mark.timeout(240 + 60)  # in_guest's own bound below, then teardown
 def test_delay_jitter_and_loss_are_real_in_the_guest() -> None:
     started = time.monotonic()
     f = testbed.in_guest("test_testbed:guest_rtt_and_loss", cwd=TESTS, timeout=240)
@@ -478,8 +479,14 @@ def test_delay_jitter_and_loss_are_real_in_the_guest() -> None:
     spread = percentile(jitter["rtts_ms"], 90) - percentile(jitter["rtts_ms"], 10)
     delay_spread = percentile(delay["rtts_ms"], 90) - percentile(delay["rtts_ms"], 10)
     assert min(jitter["rtts_ms"]) >= 29.5
+    # the faster round trips need a guest whose own noise is below the 5 ms jitter: on a
+    # busy host the delay-only run scattered by 18 ms (P10-P90) and no jittered round
+    # trip came in under 42.8 ms, which says the host, not netem, set the fastest
+    noise_hides = delay_spread >= 5
     if not tick:
-        assert spread >= delay_spread + 4 and min(jitter["rtts_ms"]) < fastest - 2
+        assert spread >= delay_spread + 4, (spread, delay_spread)
+        if not noise_hides:
+            assert min(jitter["rtts_ms"]) < fastest - 2, (min(jitter["rtts_ms"]), fastest)
     # 50 % per link: a round trip survives with 1/4 (50 of 200 expected, sd 6)
     replies = len(loss["rtts_ms"])
     assert 20 <= replies <= 90, replies
@@ -487,7 +494,8 @@ def test_delay_jitter_and_loss_are_real_in_the_guest() -> None:
           f"ms, delay 20 ms {rtt:.2f} ms (min {fastest:.2f}); jitter 5 ms: P10-P90 spread "
           f"{spread:.1f} ms (delay alone {delay_spread:.1f}), min "
           f"{min(jitter['rtts_ms']):.2f} ms; loss 50 %: {replies}/{loss['sent']} echoes back"
-          + ("" if not tick else f"; the guest's {tick:g} ms timer tick hides the jitter"))
+          + (f"; the guest's {tick:g} ms timer tick hides the jitter" if tick else
+             "; the host's noise hides the faster round trips" if noise_hides else ""))
 
 
 @needs_guest

@@ -75,11 +75,12 @@ class ShmCounters:
         workers = []
         for w in range(self.n_workers):
             rc = lib.lk_counters_read(self._base, self._len, w, out)
-            # LK_ERR_BUSY: the writer was preempted mid-publication (its seqlock odd) for
-            # all of the C reader's spins; on a busy 2-core box that happens. Yield the CPU
-            # so it can finish, and try again for up to BUSY_RETRY_S.
+            # LK_ERR_RETRY: the writer was mid-publication (its seqlock odd, or bumped
+            # during the copy) for all of the C reader's spins; on a busy 2-core box, or
+            # a writer republishing every loop pass, that happens. Sleep so a preempted
+            # writer can finish, and try again for up to BUSY_RETRY_S.
             deadline = time.monotonic() + BUSY_RETRY_S
-            while rc == lib.LK_ERR_BUSY and time.monotonic() < deadline:
+            while rc == lib.LK_ERR_RETRY and time.monotonic() < deadline:
                 time.sleep(0.0002)
                 rc = lib.lk_counters_read(self._base, self._len, w, out)
             if rc != lib.LK_OK:

@@ -60,6 +60,8 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
+from labkit.procs.relay import default_start_timeout
+
 SLICE = 0.25  # seconds: how long a task waits on the stop Event before looking again
 READY_TIMEOUT = 30.0  # seconds for a task's process to start and report on its host
 CLOCK_SAMPLES = 7
@@ -433,7 +435,7 @@ def _drain(queue: Any) -> list[dict[str, Any]]:
 
 def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
                load_args: Mapping[str, Any], *, hz: float = 10.0, perf: str | bool = "auto",
-               start_timeout: float = 10.0, stop_grace: float = 1.0,
+               start_timeout: float | None = None, stop_grace: float = 1.0,
                should_stop: Callable[[], bool] = lambda: False,
                on_ready: Callable[[dict[str, Any]], None] | None = None,
                on_row: Callable[[pd.DataFrame], None] | None = None,
@@ -442,7 +444,8 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
     placement.load. relay_args/load_args: RelayConfig/LoadConfig fields (addresses are
     filled in on the hosts). should_stop() is asked every slice (a RunControl); on_ready
     gets the hosts' ready messages once all are up (tests kill a host there); on_row the
-    merged time line so far, once per slice (a live panel).
+    merged time line so far, once per slice (a live panel). start_timeout: each process's
+    start bound (default: the relay's, wider inside the sandbox guest).
 
     The window. Each load host starts its warm-up when it has connected, and the hosts
     connect at different times (a process start takes longer on a busy host). So every
@@ -458,6 +461,8 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
     if missing:
         raise ClusterError(f"worker(s) {', '.join(missing)} are not in the cluster "
                            f"(it has {', '.join(sorted(workers)) or 'none'})")
+    if start_timeout is None:
+        start_timeout = default_start_timeout()
     # what the tasks import, imported on every placed worker first: a worker's first
     # import of pandas and labkit takes a second or more on a busy machine, which would
     # otherwise start one load host's window that much later than another's
@@ -552,7 +557,9 @@ def run_placed(client: Any, placement: Placement, relay_args: Mapping[str, Any],
             relay_task, run_key, dict(relay_args), hz, perf, start_timeout, stop_grace,
             workers=[placement.relay], allow_other_workers=False, pure=False,
             key=f"{run_key}-relay-task"))
-        ok = slice_until(lambda: "relay" in ready, time.monotonic() + READY_TIMEOUT,
+        # the task's own start on its worker, then the relay's start bound inside it
+        ok = slice_until(lambda: "relay" in ready,
+                         time.monotonic() + READY_TIMEOUT + start_timeout,
                          f"the relay to start on {worker_host(placement.relay)}")
         if ok:
             address.set(ready["relay"])

@@ -111,6 +111,16 @@ def extra_kernel_args() -> list[str]:
     return shlex.split(os.environ.get("LABKIT_UML_APPEND", ""))
 
 
+# Set in the environment of every command the guest runs: what must know that it runs in
+# the guest (no nesting, slower start-up) asks inside_guest().
+GUEST_ENV = "LABKIT_SANDBOX"
+
+
+def inside_guest() -> bool:
+    """True in a process that run_in_sandbox started inside the guest."""
+    return os.environ.get(GUEST_ENV) == "1"
+
+
 def available() -> tuple[bool, str]:
     """(a guest kernel is there to boot, what it is / why not). Whether it *boots* on this
     host is boot_check()'s question."""
@@ -177,7 +187,7 @@ def _init_script(argv: Sequence[str], *, cwd: str, env: Mapping[str, str], timeo
     # to the command alone, so e.g. an LD_PRELOAD meant for it never reaches this script.
     child_env = {k: v for k, v in env.items() if k.isidentifier()}
     child_env["PATH"] = env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-    child_env |= {"LABKIT_SANDBOX": "1", "LABKIT_SANDBOX_RESULTS": str(results)}
+    child_env |= {GUEST_ENV: "1", "LABKIT_SANDBOX_RESULTS": str(results)}
     assignments = " ".join(q(f"{k}={v}") for k, v in child_env.items())
     lines += [
         f"cd {q(cwd)} || cd /",

@@ -45,13 +45,14 @@ def compare(io: Sequence[str] = ("epoll", "uring"),
             shapes: Mapping[str, Mapping[str, float]] | None = None, *,
             duration: float = 2.0, warmup: float = 0.5, pairs: int = 4,
             name: str = "lkw", subnet: str = "10.77.0.0/24",
-            start_timeout: float = 10.0, start_allowance: float | None = None,
+            start_timeout: float | None = None, start_allowance: float | None = None,
             kinds: Sequence[str] = ("throughput", "ping")) -> dict[str, Any]:
     """Every (shape, io) pair's throughput and ping run on one 3-host testbed; returns
     {"machine", "kernel", "date", "rows": [one dict per run]} (see the module text).
-    start_timeout: for each process to start, start_allowance: how far apart the load
-    hosts may connect (the one-CPU sandbox guest needs 60 s and 10 s: its process starts
-    are slow, and the second load host starts while the first one sends). kinds: which
+    start_timeout: for each process to start (default: the relay's, 60 s inside the
+    sandbox guest), start_allowance: how far apart the load hosts may connect (the
+    one-CPU guest needs 10 s: its process starts are slow, and the second load host
+    starts while the first one sends). kinds: which
     of the two runs to make per shape and event loop."""
     from labkit.hosts.qdisc import LinkShape
     from labkit.hosts.testbed import Testbed

@@ -20,9 +20,17 @@ from typing import Any
 
 from labkit.config import RelayConfig, secret_env
 from labkit.counters.kinds import sum_slots
+from labkit.hosts import sandbox
 from labkit.procs.child import ChildFailed, LineReader, Tail, child_env, stop_pid, unlink_shm
 
 SHM_DIR = "/dev/shm"
+
+
+def default_start_timeout() -> float:
+    """The bound on a relay's start (a bound on a failure, not a wait): 10 s, or 60 s inside
+    the UML sandbox guest (one CPU, every syscall a ptrace round trip of the host), where
+    on a host running two test suites a relay took over 10 s to start."""
+    return 60.0 if sandbox.inside_guest() else 10.0
 
 
 class RelayError(RuntimeError):
@@ -43,15 +51,16 @@ class RelayStartTimeout(RelayError):
 class Relay:
     """A relay process for `cfg`: started by start() or `with`, stopped by stop().
 
-    start_timeout: seconds to wait for the relay's announcement. stop_grace: seconds
+    start_timeout: seconds to wait for the relay's announcement (default: see
+    default_start_timeout). stop_grace: seconds
     between SIGTERM and SIGKILL. env: variables set for the relay on top of this
     process's environment (LABKIT_SANITIZE=1 selects the sanitizer build).
     """
 
-    def __init__(self, cfg: RelayConfig, *, start_timeout: float = 10.0,
+    def __init__(self, cfg: RelayConfig, *, start_timeout: float | None = None,
                  stop_grace: float = 3.0, env: dict[str, str] | None = None) -> None:
         self.cfg = cfg.validate()  # ConfigError here, before any process exists
-        self.start_timeout = start_timeout
+        self.start_timeout = default_start_timeout() if start_timeout is None else start_timeout
         self.stop_grace = stop_grace
         self._env = env or {}
         self._proc: subprocess.Popen[bytes] | None = None
