@@ -42,10 +42,11 @@ MODES: dict[str, dict[str, Any]] = {
     "epoll+coalesce": {"io": "epoll", "coalesce": True},
     "epoll+backpressure": {"io": "epoll", "backpressure": True},
     "uring": {"io": "uring"},
-    "uring (main's defaults)": {"io": "uring", "poll_recv": False, "backpressure": False},
+    "uring (main's defaults)": {"io": "uring", "poll_recv": False, "backpressure": False,
+                                "defer_taskrun": False, "single_issuer": False},
     "uring -poll_recv": {"io": "uring", "poll_recv": False},
     "uring -backpressure": {"io": "uring", "backpressure": False},
-    "uring +defer_taskrun": {"io": "uring", "defer_taskrun": True},
+    "uring -defer_taskrun": {"io": "uring", "defer_taskrun": False},
     "uring -batch": {"io": "uring", "batch": False},
     "uring -multishot": {"io": "uring", "multishot": False, "poll_recv": False},
     "uring -pbuf": {"io": "uring", "multishot": False, "provided_buffers": False,
@@ -56,7 +57,8 @@ MODES: dict[str, dict[str, Any]] = {
 }
 # What a plain run compares: the issue-13 table's rows (main's defaults: "before").
 DEFAULT_MODES = ("epoll", "epoll+coalesce", "uring", "uring (main's defaults)",
-                 "uring -multishot", "epoll tls", "uring tls")
+                 "uring -defer_taskrun", "uring -poll_recv", "uring -multishot", "epoll tls",
+                 "uring tls")
 
 
 def _resolved(fields: dict[str, Any]) -> dict[str, Any]:
@@ -66,8 +68,7 @@ def _resolved(fields: dict[str, Any]) -> dict[str, Any]:
 
 def mode_of(row: pd.Series) -> str:
     """The MODES name a summary row ran: the first whose resolved io, TLS and switches
-    it carries (a mode that equals the defaults, like "uring +poll_recv" once poll_recv
-    is on by default, is named by the entry listed first)."""
+    it carries (a mode that equals the defaults is named by the entry listed first)."""
     for name, fields in MODES.items():
         want = _resolved(fields)
         if all((row[k] == v) if k in ("io", "tls") else (bool(row[k]) == v)
@@ -90,7 +91,8 @@ def table(runs: pd.DataFrame) -> pd.DataFrame:
             "sys_per_pkt": "syscalls/pkt (perf)" if perf else "syscalls/pkt (relay's own)",
             "ctx_per_s": "ctx sw/s", "recvs_per_packet": "recvs/pkt",
             "bytes_per_recv": "B/recv", "enters_per_packet": "enters/pkt",
-            "sends_held_per_packet": "held sends/pkt", "load_cpu_pct": "load gen CPU %"}
+            "sends_held_per_packet": "held sends/pkt",
+            "resched_ipis_per_packet": "resched IPIs/pkt", "load_cpu_pct": "load gen CPU %"}
     med = ok.groupby("mode", sort=False)[list(cols)].median().rename(columns=cols)
     med.insert(0, "runs", ok.groupby("mode", sort=False).size())
     return med.reindex([m for m in MODES if m in med.index])

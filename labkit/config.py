@@ -32,8 +32,8 @@ PRIVATE_KEY_ENV = "LABKIT_RELAY_PRIVATE_KEY"
 SWITCHES: tuple[str, ...] = tuple(contract.SWITCHES)
 URING_ONLY = frozenset(s.name for s in contract.SWITCHES.values() if not s.applies_to("epoll"))
 # What an unset (None) switch means in each mode: the table's defaults. io_uring's are the
-# optimisations that cost nothing at idle; sqpoll spins a kernel thread and
-# defer_taskrun/single_issuer constrain threading, so they stay opt-in.
+# optimisations that cost nothing at idle (each worker owns its ring, so single_issuer and
+# defer_taskrun constrain nothing); sqpoll spins a kernel thread, so it stays opt-in.
 MODE_DEFAULTS: dict[str, dict[str, bool]] = {
     io: {s.name: s.default[io] for s in contract.SWITCHES.values()} for io in IO_MODES}
 MAX_WORKERS = contract.LIMITS["workers"].max

@@ -5,8 +5,9 @@ The matrix is io {epoll, uring} x workers {1, 2, 4} x TLS {off, user}, plus ever
 of the contract (labkit.native.contract.SWITCHES, from native/include/labkit.h) in its
 non-default position, in each io mode it applies to: a switch on by default is turned
 off (with the switches that need it), one off by default is turned on (with what it
-needs).  So a protocol rule that breaks under one optimisation (or across shards) fails
-here by name, and a switch added to the header is in the matrix without an edit here.
+needs, and with what it excludes off).  So a protocol rule that breaks under one
+optimisation (or across shards) fails here by name, and a switch added to the header is
+in the matrix without an edit here.
 
 Kernel TLS modes (io x workers x ktls) are not in the default matrix: most hosts have no
 `tls` module, so tests/test_ktls.py runs them inside `labkit sandbox` (a UML kernel that
@@ -43,8 +44,9 @@ def _switch_modes() -> list:
                 off = {t.name: False for t in SWITCHES.values() if s.name in t.requires}
                 modes.append(pytest.param({"io": io, **off, s.name: False},
                                           id=f"{io}-no-{flag}"))
-            else:  # on, with what it needs; across two shards where it is epoll's
-                on = dict.fromkeys(s.requires, True)
+            else:  # on, with what it needs and without what it excludes; across two
+                # shards where it is epoll's
+                on = dict.fromkeys(s.requires, True) | dict.fromkeys(s.excludes, False)
                 workers = {"workers": 2} if io == "epoll" else {}
                 modes.append(pytest.param({"io": io, **workers, **on, s.name: True},
                                           id=f"{io}-{flag}" + ("-w2" if workers else "")))

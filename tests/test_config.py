@@ -16,6 +16,7 @@ from labkit.config import (
     RelayConfig,
     secret_env,
 )
+from labkit.native import contract
 
 HEX64 = "ab" * 32
 
@@ -73,7 +74,8 @@ def test_uring_only_switch_with_epoll_says_so(switch: str) -> None:
     with pytest.raises(ConfigError, match=f"{switch}=True applies to io_uring only: set "
                                           f"io='uring' or leave {switch} unset"):
         RelayConfig(io="epoll", **{switch: True}).validate()
-    RelayConfig(io="uring", **{switch: True}).validate()
+    excluded = dict.fromkeys(contract.SWITCHES[switch].excludes, False)
+    RelayConfig(io="uring", **{switch: True}, **excluded).validate()
     RelayConfig(io="epoll", **{switch: False}).validate()
 
 
@@ -144,7 +146,7 @@ def test_switch_defaults_per_mode() -> None:
     uring = RelayConfig(io="uring").switches()
     assert uring == {
         "batch": True, "multishot": True, "provided_buffers": True, "coalesce": True,
-        "sqpoll": False, "defer_taskrun": False, "single_issuer": False, "poll_recv": True,
+        "sqpoll": False, "defer_taskrun": True, "single_issuer": True, "poll_recv": True,
         "backpressure": True,
     }
     assert RelayConfig(io="epoll").switches() == dict.fromkeys(SWITCHES, False)
@@ -153,12 +155,34 @@ def test_switch_defaults_per_mode() -> None:
 
 
 @pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (RelayConfig(io="uring", multishot=True, provided_buffers=False, poll_recv=False),
+         r"multishot=True needs provided_buffers: .*turn provided_buffers on too"),
+        (RelayConfig(io="uring", single_issuer=False),
+         r"defer_taskrun=True needs single_issuer: io_uring defers completion work only"),
+        (RelayConfig(io="uring", sqpoll=True),
+         r"sqpoll=True cannot be on with defer_taskrun: .*set defer_taskrun=False with it"),
+    ],
+)
+def test_switch_combinations_the_kernel_refuses_are_refused_first(
+        cfg: RelayConfig, message: str) -> None:
+    """From the contract's requires/excludes columns, before any ring is made."""
+    with pytest.raises(ConfigError, match=message):
+        cfg.validate()
+
+
+def test_sqpoll_validates_once_defer_taskrun_is_off() -> None:
+    assert RelayConfig(io="uring", sqpoll=True, defer_taskrun=False).validate()
+
+
+@pytest.mark.parametrize(
     "cfg",
     [
         RelayConfig(),
         RelayConfig(host="::1", port=3340, workers=4, pin_cpus=True),
         RelayConfig(io="uring", batch=False, sqpoll=True, multishot=None, coalesce=False,
-                    provided_buffers=True, defer_taskrun=True, single_issuer=False),
+                    provided_buffers=True, defer_taskrun=False, single_issuer=False),
         RelayConfig(tls="user", cert_file="/c.pem", key_file="/k.pem", mesh_key_file="/m",
                     key_file_relay="/r.key"),
         RelayConfig(private_key=HEX64, handshake_timeout=0.25, write_timeout=0,
@@ -218,7 +242,7 @@ def test_to_c_fills_the_struct(tmp_path: Path) -> None:
     mesh = tmp_path / "mesh"
     mesh.write_text("cd" * 32)
     cfg = RelayConfig(io="uring", workers=3, sqpoll=True, multishot=False, poll_recv=False,
-                      pin_cpus=True,
+                      defer_taskrun=False, pin_cpus=True,
                       mesh_key_file=str(mesh), write_timeout=0.0015,
                       keepalive=30, queue_depth=8, max_conns=10, pool_packets=99)
     priv = keys.generate_private_key()
@@ -226,7 +250,7 @@ def test_to_c_fills_the_struct(tmp_path: Path) -> None:
                        shm_name="/labkit-x", cert_file="/c.pem", key_file=None)
     assert (c.listen_fd, c.ready_fd, c.io, c.workers) == (7, 8, lib.LK_IO_URING, 3)
     expected = (lib.LK_SW_BATCH | lib.LK_SW_PROVIDED_BUFFERS | lib.LK_SW_COALESCE
-                | lib.LK_SW_SQPOLL | lib.LK_SW_BACKPRESSURE)
+                | lib.LK_SW_SQPOLL | lib.LK_SW_SINGLE_ISSUER | lib.LK_SW_BACKPRESSURE)
     assert c.switches == expected and c.pin_cpus == 1
     assert c.tls == lib.LK_TLS_OFF
     assert ffi.string(c.cert_file) == b"/c.pem" and c.key_file == ffi.NULL

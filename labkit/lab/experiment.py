@@ -64,7 +64,7 @@ from labkit.problems import Problem, raise_if
 from labkit.procs import pinning
 from labkit.procs.external import ExternalRelay, ExternalRelayProcess
 from labkit.procs.load import Load, LoadConfig, LoadError
-from labkit.procs.relay import Relay, RelayError
+from labkit.procs.relay import Relay, RelayError, default_start_timeout
 
 # What a run measures: labkit's relay (a RelayConfig) or any DERP relay program.
 RelayUnderTest = RelayConfig | ExternalRelay
@@ -323,7 +323,7 @@ def run(relay: RelayUnderTest | None = None, load: LoadConfig | None = None, *,
         control: RunControl | None = None, store: bool | str | os.PathLike[str] = False,
         check: bool = True, run_id: str | None = None,
         on_start: Callable[[Relay, Load], None] | None = None,
-        start_timeout: float = 10.0, stop_grace: float = STOP_GRACE,
+        start_timeout: float | None = None, stop_grace: float = STOP_GRACE,
         cluster: Any = None, placement: Any = None, load_hosts: int | None = None,
         on_placed: Callable[[dict[str, Any]], None] | None = None,
         start_allowance: float | None = None) -> Result:
@@ -341,6 +341,8 @@ def run(relay: RelayUnderTest | None = None, load: LoadConfig | None = None, *,
     store: True (your store, labkit.lab.store.default_dir()) or a directory to save the Result
     there. check: raise RunFailed when the run fails (else return it with status "failed").
     on_start(relay, load) is called once both processes run (tests use it to kill one).
+    start_timeout: the bound on each process's start (default: the relay's,
+    labkit.procs.relay.default_start_timeout: wider inside the sandbox guest).
 
     ConfigError (before any process starts) for an invalid config; StoreError (before
     too) when `store` names the recorded reference folder.
@@ -353,6 +355,8 @@ def run(relay: RelayUnderTest | None = None, load: LoadConfig | None = None, *,
         load_cfg = load_cfg.replace(warmup=warmup)
     check_run(relay_cfg, load_cfg, hz=hz, store=store, cluster=cluster, placement=placement,
               load_hosts=load_hosts)
+    if start_timeout is None:
+        start_timeout = default_start_timeout()
     if cluster is not None:
         return _run_on_cluster(
             cluster, placement, load_hosts, relay_cfg, load_cfg, hz=hz, perf=perf,
@@ -407,6 +411,7 @@ def run(relay: RelayUnderTest | None = None, load: LoadConfig | None = None, *,
 
         relay_proc, load_proc = ProcThreads(the_relay.pid), ProcThreads(the_load.pid)
         placed = pinning.pin(the_relay, the_load, pin)
+        own_cpus = placed.relay_cpus if placed.pinned else ()
         control.relay_pid, control.load_pid = the_relay.pid, the_load.pid
         control.started.set()
         if on_start is not None:
@@ -419,12 +424,12 @@ def run(relay: RelayUnderTest | None = None, load: LoadConfig | None = None, *,
         control.phase = "warmup"
         event = waiter.until(ws)
         if event is None:
-            s0 = window.snapshot(the_relay, relay_proc, load_proc)
+            s0 = window.snapshot(the_relay, relay_proc, load_proc, own_cpus)
             control.phase = "window"
             mark("window")
             event = waiter.until(we)
         if event is None:
-            s1 = window.snapshot(the_relay, relay_proc, load_proc)
+            s1 = window.snapshot(the_relay, relay_proc, load_proc, own_cpus)
             control.phase = "drain"
             mark("drain")
             # the load ends by itself after its drain; "load" here is that exit

@@ -13,6 +13,10 @@ them, declared once in FIGURES (name -> label, unit) in the order a summary show
 - recvs_per_packet, bytes_per_recv, enters_per_packet, pbuf_refills_per_packet,
   sends_held_per_packet: what the receive path costs per packet (the relay's own
   counters), the figures that explain an io_uring result rather than only show it;
+- resched_ipis_per_packet: rescheduling interrupts the relay's CPUs took per forwarded
+  packet (labkit.counters.interrupts): the cost a ring without defer_taskrun puts on
+  every arriving segment, invisible to the relay's own counters; NaN unless the relay was
+  pinned to CPUs of its own;
 - lat_*_us: one-way latency percentiles from the load generator.
 
 An external relay (labkit.procs.external) has no shared-memory counters: SHM_ONLY figures
@@ -24,12 +28,13 @@ These are a run's figures; the sampler's per-tick rates are labkit.counters.tick
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from labkit.counters import kinds
+from labkit.counters import interrupts, kinds
 from labkit.counters.procfs import ProcThreads
 from labkit.procs.external import ExternalRelayProcess
 from labkit.procs.load import PERCENTILES, LoadResult
@@ -53,6 +58,8 @@ FIGURES: dict[str, tuple[str, str]] = {
     "enters_per_packet": ("io_uring_enter calls per packet", "calls/packet"),
     "pbuf_refills_per_packet": ("provided-buffer refills per packet in", "buffers/packet"),
     "sends_held_per_packet": ("sends held for the batched enter per packet", "sends/packet"),
+    "resched_ipis_per_packet": ("rescheduling interrupts on the relay's CPUs per packet",
+                                "IPIs/packet"),
     "relay_cpu_pct": ("relay CPU", "% of one core"),
     "load_cpu_pct": ("load generator CPU", "% of one core"),
     "drops": ("relay drops in the window", "packets"),
@@ -75,7 +82,8 @@ FIGURES: dict[str, tuple[str, str]] = {
 # available for this relay", for an external one, never 0.
 SHM_ONLY = ("relay_packets", "relay_syscalls", "syscalls_per_packet", "ctx_switches_per_kpkt",
             "cpu_s_per_gbit", "drops", "recvs_per_packet", "bytes_per_recv",
-            "enters_per_packet", "pbuf_refills_per_packet", "sends_held_per_packet")
+            "enters_per_packet", "pbuf_refills_per_packet", "sends_held_per_packet",
+            "resched_ipis_per_packet")
 
 
 @dataclass
@@ -89,15 +97,19 @@ class Snap:
     relay_sys_s: float
     relay_ctx: int
     load_cpu_s: float
+    # IPI rows of the relay's CPUs (labkit.counters.interrupts); None when not pinned
+    relay_cpu_ipis: dict[str, int] | None = None
 
 
 def snapshot(relay: Relay | ExternalRelayProcess, relay_proc: ProcThreads,
-             load_proc: ProcThreads) -> Snap:
+             load_proc: ProcThreads, relay_cpus: Sequence[int] = ()) -> Snap:
+    """`relay_cpus`: the CPUs the relay is pinned to on its own (empty: not pinned)."""
     t = time.monotonic()
     counters = relay.counters()
     r = relay_proc.sample().total
     lo = load_proc.sample().total
-    return Snap(t, counters, r.cpu_s, r.utime_s, r.stime_s, r.ctx_switches, lo.cpu_s)
+    ipis = interrupts.cpu_interrupts(relay_cpus) if relay_cpus else None
+    return Snap(t, counters, r.cpu_s, r.utime_s, r.stime_s, r.ctx_switches, lo.cpu_s, ipis)
 
 
 def window_figures(s0: Snap, s1: Snap, res: LoadResult, size: int) -> dict[str, float]:
@@ -150,6 +162,9 @@ def window_figures(s0: Snap, s1: Snap, res: LoadResult, size: int) -> dict[str, 
         "pbuf_refills_per_packet": d("pbuf_refills") / pin if pin else nan,
         "sends_held_per_packet": d("sends_held") / fwd if fwd else nan,
     }
+    ipis = (s1.relay_cpu_ipis["RES"] - s0.relay_cpu_ipis["RES"]
+            if s0.relay_cpu_ipis and s1.relay_cpu_ipis else None)
+    out["resched_ipis_per_packet"] = ipis / fwd if ipis is not None and fwd else nan
     delivered_gbit = res.received * size * 8 / 1e9
     out["delivered_cpu_s_per_gbit"] = cpu / delivered_gbit if delivered_gbit > 0 else nan
     out["delivered_ctx_switches_per_packet"] = (

@@ -38,6 +38,8 @@ class Switch:
     default: Mapping[str, bool]  # per io mode: on unless said otherwise?
     requires: tuple[str, ...]  # switches that must be on with it
     requires_why: str
+    excludes: tuple[str, ...]  # switches that must be off with it
+    excludes_why: str
     kernel: str  # what it needs from the kernel ("" nothing special)
     help: str
 
@@ -79,7 +81,9 @@ def _switches() -> dict[str, Switch]:
             backends=tuple(io for io, bit in BACKENDS.items() if r.backends & bit),
             default={"epoll": bool(r.default_on[0]), "uring": bool(r.default_on[1])},
             requires=tuple(n for bit, n in names.items() if r.requires & bit),
-            requires_why=_text(r.requires_why), kernel=_text(r.kernel), help=_text(r.help))
+            requires_why=_text(r.requires_why),
+            excludes=tuple(n for bit, n in names.items() if r.excludes & bit),
+            excludes_why=_text(r.excludes_why), kernel=_text(r.kernel), help=_text(r.help))
     return out
 
 

@@ -47,29 +47,36 @@ enum lk_backend { LK_BK_EPOLL = 1, LK_BK_URING = 2 };
 
 /* Optimisation switches, one bit each, so an experiment can toggle one alone.
  * X(ID, backends, epoll default, uring default, requires (LK_SW_* bits, or 0),
- *   why it requires them, what it needs from the kernel, what it does) */
+ *   why it requires them, excludes (LK_SW_* bits that cannot be on with it, or 0),
+ *   why it excludes them, what it needs from the kernel, what it does) */
 #define LK_SWITCH_TABLE(X)                                                                 \
-    X(BATCH, LK_BK_URING, 0, 1, 0, "", "",                                                 \
+    X(BATCH, LK_BK_URING, 0, 1, 0, "", 0, "", "",                                          \
       "submissions of a loop pass go in with its wait: one io_uring_enter per pass")     \
     X(MULTISHOT, LK_BK_URING, 0, 1, LK_SW_PROVIDED_BUFFERS,                                \
-      "the kernel picks a buffer for each completion", "Linux 6.0 (multishot recv)",      \
+      "the kernel picks a buffer for each completion", 0, "", "Linux 6.0 (multishot recv)",\
       "one multishot recv per connection, re-armed only when it ends")                   \
-    X(PROVIDED_BUFFERS, LK_BK_URING, 0, 1, 0, "", "Linux 5.19 (io_uring_register_buf_ring)",\
+    X(PROVIDED_BUFFERS, LK_BK_URING, 0, 1, 0, "", 0, "",                                   \
+      "Linux 5.19 (io_uring_register_buf_ring)",                                         \
       "receives land in a shared ring of provided buffers, not a buffer per connection")  \
-    X(COALESCE, LK_BK_EPOLL | LK_BK_URING, 0, 1, 0, "", "",                                \
+    X(COALESCE, LK_BK_EPOLL | LK_BK_URING, 0, 1, 0, "", 0, "", "",                         \
       "all queued frames for a client leave in one vectored send, not one send per frame")\
-    X(SQPOLL, LK_BK_URING, 0, 0, 0, "", "Linux 5.11 (IORING_SETUP_SQPOLL)",                \
+    X(SQPOLL, LK_BK_URING, 0, 0, 0, "", LK_SW_DEFER_TASKRUN,                               \
+      "its kernel thread runs the completion work, so there is none to defer (io_uring "   \
+      "refuses the pair)", "Linux 5.11 (IORING_SETUP_SQPOLL)",                             \
       "a kernel thread polls the submission queue (it spins while busy)")                \
-    X(DEFER_TASKRUN, LK_BK_URING, 0, 0, 0, "", "Linux 6.1 (IORING_SETUP_DEFER_TASKRUN)",   \
-      "completion work runs only when the worker waits")                                 \
-    X(SINGLE_ISSUER, LK_BK_URING, 0, 0, 0, "", "Linux 6.0 (IORING_SETUP_SINGLE_ISSUER)",   \
-      "the kernel may assume one thread submits")                                        \
+    X(DEFER_TASKRUN, LK_BK_URING, 0, 1, LK_SW_SINGLE_ISSUER,                               \
+      "io_uring defers completion work only on a ring with one submitting thread", 0, "",  \
+      "Linux 6.1 (IORING_SETUP_DEFER_TASKRUN)",                                          \
+      "completion work runs when the worker waits, not as each segment lands: no "         \
+      "interrupt of the worker per arriving packet")                                     \
+    X(SINGLE_ISSUER, LK_BK_URING, 0, 1, 0, "", 0, "", "Linux 6.0 (IORING_SETUP_SINGLE_ISSUER)",\
+      "the kernel may assume one thread submits (each worker owns its ring)")            \
     X(POLL_RECV, LK_BK_URING, 0, 1, LK_SW_MULTISHOT | LK_SW_PROVIDED_BUFFERS,              \
       "the multishot operation becomes a readiness poll; its receives pick provided buffers",\
-      "Linux 5.13 (multishot poll)",                                                     \
+      0, "", "Linux 5.13 (multishot poll)",                                              \
       "a multishot poll marks a connection readable and the pass's one recv drains it, "  \
       "instead of a receive the kernel re-runs as each segment lands")                    \
-    X(BACKPRESSURE, LK_BK_EPOLL | LK_BK_URING, 0, 1, 0, "", "",                            \
+    X(BACKPRESSURE, LK_BK_EPOLL | LK_BK_URING, 0, 1, 0, "", 0, "", "",                     \
       "overload policy: stop reading a sender while its destination's queue is full "      \
       "(off: drop the oldest queued packet, as derper does)")
 
@@ -85,6 +92,8 @@ typedef struct lk_switch_info {
     int default_on[2];         /* per backend: [epoll, uring] */
     uint32_t requires;         /* LK_SW_* bits that must be on with it */
     const char *requires_why;
+    uint32_t excludes;         /* LK_SW_* bits that must be off with it */
+    const char *excludes_why;
     const char *kernel;        /* what it needs from the kernel ("" nothing special) */
     const char *help;
 } lk_switch_info;
@@ -198,6 +207,8 @@ enum lk_counter_kind { LK_KIND_COUNTER = 0, LK_KIND_GAUGE = 1, LK_KIND_HIGH_WATE
       "receives the kernel ended for want of a provided buffer (ENOBUFS)")                 \
     X(RECV_PARKED, COUNTER, "uring", "completions",                                        \
       "receive completions left for a later pass (the pass's packet budget was spent)")    \
+    X(RECV_HELD, COUNTER, "uring", "completions",                                          \
+      "receives that completed for a paused client, held until it resumes (backpressure)")\
     X(SENDS_HELD, COUNTER, "uring", "sends",                                               \
       "sends prepared, then held for the pass's one io_uring_enter (batch)")              \
     X(READ_PAUSES, COUNTER, "overload", "pauses",                                          \

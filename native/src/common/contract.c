@@ -5,10 +5,12 @@
 
 #include "common/common.h"
 
-#define LK_SWITCH_ROW_(ID, BACKENDS, EPOLL_ON, URING_ON, REQUIRES, WHY, KERNEL, HELP)   \
+#define LK_SWITCH_ROW_(ID, BACKENDS, EPOLL_ON, URING_ON, REQUIRES, WHY, EXCLUDES, EX_WHY,  \
+                       KERNEL, HELP)                                                     \
     [LK_SWI_##ID] = {.name = #ID, .bit = LK_SW_##ID, .backends = (BACKENDS),            \
                      .default_on = {(EPOLL_ON), (URING_ON)}, .requires = (REQUIRES),    \
-                     .requires_why = WHY, .kernel = KERNEL, .help = HELP},
+                     .requires_why = WHY, .excludes = (EXCLUDES), .excludes_why = EX_WHY, \
+                     .kernel = KERNEL, .help = HELP},
 const lk_switch_info lk_switches[LK_SWITCH__COUNT] = {LK_SWITCH_TABLE(LK_SWITCH_ROW_)};
 
 #define LK_LIMIT_ROW_(FIELD, MIN, MAX, DEF, UNIT, HELP)                                 \
@@ -109,6 +111,14 @@ static void check_switches(const lk_relay_config *cfg, problems *p)
             field_name(lk_switches[j].name, needed, sizeof needed);
             snprintf(fix, sizeof fix, "turn {%s} on too, or {%s=False}", needed, name);
             problem(p, name, fix, "needs %s: %s", needed, s->requires_why);
+        }
+        for (int j = 0; j < LK_SWITCH__COUNT; j++) {
+            if (!(s->excludes & lk_switches[j].bit) || !(cfg->switches & lk_switches[j].bit))
+                continue;
+            char other[32];
+            field_name(lk_switches[j].name, other, sizeof other);
+            snprintf(fix, sizeof fix, "set {%s=False} with it, or {%s=False}", other, name);
+            problem(p, name, fix, "cannot be on with %s: %s", other, s->excludes_why);
         }
     }
 }

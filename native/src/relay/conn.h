@@ -133,6 +133,9 @@ typedef struct lk_conn {
     uint8_t io_ready;           /* io_uring poll_recv: readable, on the worker's ready list */
     uint8_t io_recv_busy;       /* io_uring poll_recv: a recv is in flight */
     uint8_t io_hup;             /* io_uring poll_recv: the peer shut down: read to EOF */
+    lk_bytes io_held;           /* io_uring: bytes that completed while reads were paused,
+                                   parsed in order once resumed (io_uring.c, received) */
+    uint8_t io_listed;          /* io_uring: on the worker's list of holders */
 
     /* backpressure: this client is not read until what it waits on has drained */
     uint8_t read_paused;
