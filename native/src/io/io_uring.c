@@ -482,14 +482,18 @@ static void received(lk_worker *w, lk_conn *c, const uint8_t *data, size_t n)
  * again (no recv is armed while a connection holds bytes: new ones would only pile up
  * behind them; with poll_recv, issue_ready sees to it).  A slot leaves the list here
  * only, once it holds nothing: parsing one connection may close others, which frees
- * their bytes (drop_held) but leaves their entries to be passed over. */
-static void release_held(lk_worker *w)
+ * their bytes (drop_held) but leaves their entries to be passed over.  Returns whether
+ * anything was parsed. */
+static int release_held(lk_worker *w)
 {
     ur_state *s = w->io_state;
     uint32_t kept = 0, n = s->n_holders;
+    int parsed = 0;
     for (uint32_t i = 0; i < n; i++) {
         lk_conn *c = s->holders[i];
+        uint32_t off = c->io_held.off;
         parse_held(w, c, 1);
+        parsed |= c->io_held.off != off || !holds(c);
         if (holds(c)) {
             s->holders[kept++] = c;
             continue;
@@ -499,6 +503,7 @@ static void release_held(lk_worker *w)
             arm_recv(w, c);
     }
     s->n_holders = kept;
+    return parsed;
 }
 
 static void drop_held(lk_conn *c)
@@ -663,8 +668,11 @@ static int ur_wait(lk_worker *w, int timeout_ms)
     ur_state *s = w->io_state;
     struct io_uring_cqe *cqe;
     int rc;
-    if (s->n_holders)
-        release_held(w);
+    /* Packets parsed from held bytes are queued for their destinations (a writer here,
+     * a ring to another shard) but sent only by the loop after this wait: sleeping now
+     * could hold them, and the sender paused on them, until some unrelated wake-up. */
+    if (s->n_holders && release_held(w))
+        timeout_ms = 0;
     if (s->poll_recv)
         issue_ready(w);  /* they go in with this pass's submit */
     if (s->n_parked)

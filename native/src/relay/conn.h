@@ -131,7 +131,7 @@ typedef struct lk_conn {
     struct msghdr io_msg;       /* io_uring: the vectored send in flight */
     uint8_t io_poll;            /* io_uring poll_recv: the multishot poll is armed */
     uint8_t io_ready;           /* io_uring poll_recv: readable, on the worker's ready list */
-    uint8_t io_recv_busy;       /* io_uring poll_recv: a recv is in flight */
+    uint8_t io_recv_busy;       /* io_uring: a recv (one-shot or multishot) is in flight */
     uint8_t io_hup;             /* io_uring poll_recv: the peer shut down: read to EOF */
     lk_bytes io_held;           /* io_uring: bytes that completed while reads were paused,
                                    parsed in order once resumed (io_uring.c, received) */
