@@ -146,7 +146,7 @@ def test_switch_defaults_per_mode() -> None:
     uring = RelayConfig(io="uring").switches()
     assert uring == {
         "batch": True, "multishot": True, "provided_buffers": True, "coalesce": True,
-        "sqpoll": False, "defer_taskrun": True, "single_issuer": True, "poll_recv": True,
+        "sqpoll": False, "defer_taskrun": True, "single_issuer": True, "poll_recv": False,
         "backpressure": True,
     }
     assert RelayConfig(io="epoll").switches() == dict.fromkeys(SWITCHES, False)

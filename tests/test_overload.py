@@ -79,7 +79,7 @@ DROPS = ("drop_queue_head", "drop_queue_tail", "drop_pool_empty", "drop_gone")
 @pytest.fixture(params=[
     pytest.param({"io": "epoll"}, id="epoll"),
     pytest.param({"io": "uring"}, id="uring"),
-    pytest.param({"io": "uring", "poll_recv": False}, id="uring-multishot-recv"),
+    pytest.param({"io": "uring", "poll_recv": True}, id="uring-poll-recv"),
     pytest.param({"io": "uring", "workers": 2}, id="uring-w2"),
 ])
 def mode(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:

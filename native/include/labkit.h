@@ -71,7 +71,7 @@ enum lk_backend { LK_BK_EPOLL = 1, LK_BK_URING = 2 };
       "interrupt of the worker per arriving packet")                                     \
     X(SINGLE_ISSUER, LK_BK_URING, 0, 1, 0, "", 0, "", "Linux 6.0 (IORING_SETUP_SINGLE_ISSUER)",\
       "the kernel may assume one thread submits (each worker owns its ring)")            \
-    X(POLL_RECV, LK_BK_URING, 0, 1, LK_SW_MULTISHOT | LK_SW_PROVIDED_BUFFERS,              \
+    X(POLL_RECV, LK_BK_URING, 0, 0, LK_SW_MULTISHOT | LK_SW_PROVIDED_BUFFERS,              \
       "the multishot operation becomes a readiness poll; its receives pick provided buffers",\
       0, "", "Linux 5.13 (multishot poll)",                                              \
       "a multishot poll marks a connection readable and the pass's one recv drains it, "  \

@@ -20,6 +20,14 @@
  * (tcp_poll reads state), so poll_recv only notes "readable" and the recv
  * goes in with the pass's submit, by which time many segments wait: one
  * lock and one completion drain them all.
+ * That profile was of a ring without defer_taskrun, whose task work ran as
+ * each segment landed.  With defer_taskrun (on by default) the multishot
+ * recv's task work waits for the worker's own io_uring_enter, and then
+ * poll_recv only adds a poll wake-up and a recv SQE per drain: measured side
+ * by side (bench/modes.py, two runs, 2-core AMD EPYC, 2026-12-07) poll_recv
+ * cost 24-28 % of the batched sender's unpaced throughput and 1-8 % more
+ * relay CPU per Gbit at 1 Gbit/s with the frame-per-write one.  So it is off
+ * by default, kept as a switch for rings without defer_taskrun.
  * A switch the kernel cannot honour makes init fail with the reason.
  * Data workers only: connections arrive set up from the acceptor (shard.h). */
 #include <errno.h>
