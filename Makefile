@@ -41,7 +41,7 @@ APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -q -y
 # io_uring receive paths) rather than the whole matrix.
 SANITIZE_TESTS ?= tests/conformance tests/adversarial tests/test_overload.py \
                   $(wildcard tests/test_*pars*.py)
-SANITIZE_MODES ?= epoll-off-w1,epoll-user-w2,uring-off-w4,uring-user-w1,uring-no-provided-buffers,uring-poll-recv,uring-no-defer-taskrun,epoll-backpressure-w2
+SANITIZE_MODES ?= epoll-off-w1,epoll-user-w2,uring-off-w4,uring-user-w1,uring-no-provided-buffers,uring-poll-recv,uring-gather-wait,uring-no-defer-taskrun,epoll-backpressure-w2
 
 .PHONY: setup lab test clean fuzz guest-kernel
 

@@ -14,7 +14,8 @@ CPUs, and prints medians per sender:
 delivered Mbit/s, packets/s, loss, relay CPU (user/system), packets per relay CPU-second,
 relay CPU-seconds per forwarded Gbit, syscalls per forwarded packet (perf's raw_syscalls
 on the relay's threads where perf works, else the relay's own count, labelled), context
-switches per second, and the load generator's CPU (to see whether it, not the relay, was
+switches per second, one-way latency (median and 99th percentile), and the load
+generator's CPU (to see whether it, not the relay, was
 the limit). Then the ratios against epoll, per sender. The machine's load average is
 printed before and after. A script, not a test: the machine is shared, so read medians
 and ratios.
@@ -45,6 +46,7 @@ MODES: dict[str, dict[str, Any]] = {
     "uring (first defaults)": {"io": "uring", "poll_recv": False, "backpressure": False,
                                 "defer_taskrun": False, "single_issuer": False},
     "uring +poll_recv": {"io": "uring", "poll_recv": True},
+    "uring +gather_wait": {"io": "uring", "gather_wait": True},
     "uring -backpressure": {"io": "uring", "backpressure": False},
     "uring -defer_taskrun": {"io": "uring", "defer_taskrun": False},
     "uring -batch": {"io": "uring", "batch": False},
@@ -56,8 +58,8 @@ MODES: dict[str, dict[str, Any]] = {
 }
 # What a plain run compares: the issue-13 table's rows (the first defaults: "before").
 DEFAULT_MODES = ("epoll", "epoll+coalesce", "uring", "uring (first defaults)",
-                 "uring -defer_taskrun", "uring +poll_recv", "uring -multishot", "epoll tls",
-                 "uring tls")
+                 "uring -defer_taskrun", "uring +poll_recv", "uring +gather_wait",
+                 "uring -multishot", "epoll tls", "uring tls")
 
 
 def _resolved(fields: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +93,8 @@ def table(runs: pd.DataFrame) -> pd.DataFrame:
             "ctx_per_s": "ctx sw/s", "recvs_per_packet": "recvs/pkt",
             "bytes_per_recv": "B/recv", "enters_per_packet": "enters/pkt",
             "sends_held_per_packet": "held sends/pkt",
-            "resched_ipis_per_packet": "resched IPIs/pkt", "load_cpu_pct": "load gen CPU %"}
+            "resched_ipis_per_packet": "resched IPIs/pkt", "lat_p50_us": "latency p50 us",
+            "lat_p99_us": "latency p99 us", "load_cpu_pct": "load gen CPU %"}
     med = ok.groupby("mode", sort=False)[list(cols)].median().rename(columns=cols)
     med.insert(0, "runs", ok.groupby("mode", sort=False).size())
     return med.reindex([m for m in MODES if m in med.index])

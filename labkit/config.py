@@ -33,7 +33,9 @@ SWITCHES: tuple[str, ...] = tuple(contract.SWITCHES)
 URING_ONLY = frozenset(s.name for s in contract.SWITCHES.values() if not s.applies_to("epoll"))
 # What an unset (None) switch means in each mode: the table's defaults. io_uring's are the
 # optimisations that cost nothing at idle (each worker owns its ring, so single_issuer and
-# defer_taskrun constrain nothing); sqpoll spins a kernel thread, so it stays opt-in.
+# defer_taskrun constrain nothing). Opt-in: sqpoll spins a kernel thread; poll_recv costs
+# throughput once defer_taskrun is on; gather_wait saves wake-ups under load but costs
+# CPU and latency at a trickle (bench/modes.py measures each).
 MODE_DEFAULTS: dict[str, dict[str, bool]] = {
     io: {s.name: s.default[io] for s in contract.SWITCHES.values()} for io in IO_MODES}
 MAX_WORKERS = contract.LIMITS["workers"].max

@@ -147,7 +147,7 @@ def test_switch_defaults_per_mode() -> None:
     assert uring == {
         "batch": True, "multishot": True, "provided_buffers": True, "coalesce": True,
         "sqpoll": False, "defer_taskrun": True, "single_issuer": True, "poll_recv": False,
-        "backpressure": True,
+        "backpressure": True, "gather_wait": False,
     }
     assert RelayConfig(io="epoll").switches() == dict.fromkeys(SWITCHES, False)
     assert RelayConfig(io="epoll", coalesce=True).switches()["coalesce"] is True

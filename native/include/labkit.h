@@ -78,7 +78,12 @@ enum lk_backend { LK_BK_EPOLL = 1, LK_BK_URING = 2 };
       "instead of a receive the kernel re-runs as each segment lands")                    \
     X(BACKPRESSURE, LK_BK_EPOLL | LK_BK_URING, 0, 1, 0, "", 0, "", "",                     \
       "overload policy: stop reading a sender while its destination's queue is full "      \
-      "(off: drop the oldest queued packet, as derper does)")
+      "(off: drop the oldest queued packet, as derper does)")                             \
+    X(GATHER_WAIT, LK_BK_URING, 0, 0, 0, "", LK_SW_SQPOLL,                                 \
+      "this wait publishes the pass's submissions itself, and an sqpoll ring's belong to " \
+      "its kernel thread", "Linux 6.12 (IORING_FEAT_MIN_TIMEOUT)",                          \
+      "a waiting worker sleeps until 32 completions are in, or 50 us passed with at least "\
+      "one: fewer wake-ups at moderate load, at most 50 us more latency")
 
 #define LK_SWITCH_ENUM_(ID, ...) LK_SWI_##ID,
 enum lk_switch_index { LK_SWITCH_TABLE(LK_SWITCH_ENUM_) LK_SWITCH__COUNT };
