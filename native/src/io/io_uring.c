@@ -61,14 +61,15 @@
 #define UR_PASS_BUDGET LK_TX_MAX
 #define UR_BGID 1
 /* gather_wait: a waiting pass returns once this many completions are in, or once
- * UR_GATHER_US passed with at least one.  50 us is under a tenth of a loopback round
- * trip through the relay here, and at 1 Gbit/s of 1400-byte packets four or five
- * arrive in it. */
+ * UR_GATHER_US passed with at least one.  50 us is under half the median one-way
+ * latency through the relay at 1 Gbit/s here (119 us), and at 1 Gbit/s of 1400-byte
+ * packets four or five arrive in it. */
 #define UR_GATHER_CQES 32
 #define UR_GATHER_US 50
 /* ...but only after a pass that reaped at least this many: at a trickle the window
- * would hold each lone packet back and its timer cost more than the wake-ups it saves
- * (relay CPU per Gbit 1.6x at 100 Mbit/s when it always gathered, 2-core AMD EPYC). */
+ * holds each lone packet back and costs more than the wake-ups it saves.  At 100 Mbit/s
+ * relay CPU per Gbit was 1.5-1.6x without it when always gathering, and is still
+ * 1.3-1.5x with it (2-core AMD EPYC), which is why gather_wait is opt-in. */
 #define UR_GATHER_AFTER 4
 #ifndef IORING_FEAT_MIN_TIMEOUT  /* liburing before 2.8 does not name it */
 #define IORING_FEAT_MIN_TIMEOUT (1U << 15)
