@@ -83,7 +83,7 @@ enum lk_backend { LK_BK_EPOLL = 1, LK_BK_URING = 2 };
       "this wait publishes the pass's submissions itself, and an sqpoll ring's belong to " \
       "its kernel thread", "Linux 6.12 (IORING_FEAT_MIN_TIMEOUT)",                          \
       "a waiting worker sleeps until 32 completions are in, or 50 us passed with at least "\
-      "one: fewer wake-ups at moderate load, at most 50 us more latency")
+      "one: fewer wake-ups under load, more latency (bench/modes.py shows both)")
 
 #define LK_SWITCH_ENUM_(ID, ...) LK_SWI_##ID,
 enum lk_switch_index { LK_SWITCH_TABLE(LK_SWITCH_ENUM_) LK_SWITCH__COUNT };
