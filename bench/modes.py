@@ -15,10 +15,9 @@ delivered Mbit/s, packets/s, loss, relay CPU (user/system), packets per relay CP
 relay CPU-seconds per forwarded Gbit, syscalls per forwarded packet (perf's raw_syscalls
 on the relay's threads where perf works, else the relay's own count, labelled), context
 switches per second, one-way latency (median and 99th percentile), and the load
-generator's CPU (to see whether it, not the relay, was
-the limit). Then the ratios against epoll, per sender. The machine's load average is
-printed before and after. A script, not a test: the machine is shared, so read medians
-and ratios.
+generator's CPU (to see whether it, not the relay, was the limit). Then the ratios
+against epoll, per sender. The machine's load average is printed before and after. A
+script, not a test: the machine is shared, so read medians and ratios.
 """
 
 import argparse

@@ -695,6 +695,12 @@ static void dispatch(lk_worker *w, struct io_uring_cqe *cqe)
     }
 }
 
+static struct __kernel_timespec ms_timespec(int ms)
+{
+    return (struct __kernel_timespec){.tv_sec = ms / 1000,
+                                      .tv_nsec = (long long)(ms % 1000) * 1000000};
+}
+
 /* gather_wait's one io_uring_enter: it submits the pass's SQEs and sleeps until
  * UR_GATHER_CQES completions are in or UR_GATHER_US passed with at least one (the
  * kernel's min_wait_usec), the loop's own timeout still bounding it.  liburing has a
@@ -709,8 +715,7 @@ static int enter_gathering(ur_state *s, int timeout_ms)
         io_uring_smp_store_release(sq->ktail, sq->sqe_tail);
     }
     unsigned to_submit = sq->sqe_tail - IO_URING_READ_ONCE(*sq->khead);
-    struct __kernel_timespec ts = {.tv_sec = timeout_ms / 1000,
-                                   .tv_nsec = (long long)(timeout_ms % 1000) * 1000000};
+    struct __kernel_timespec ts = ms_timespec(timeout_ms);
     struct io_uring_getevents_arg arg = {
         .pad = UR_GATHER_US,  /* min_wait_usec since Linux 6.12 */
         .ts = timeout_ms > 0 ? (uint64_t)(uintptr_t)&ts : 0,
@@ -745,8 +750,7 @@ static int ur_wait(lk_worker *w, int timeout_ms)
         submit_now(w);
         rc = 0;
     } else {
-        struct __kernel_timespec ts = {.tv_sec = timeout_ms / 1000,
-                                       .tv_nsec = (long long)(timeout_ms % 1000) * 1000000};
+        struct __kernel_timespec ts = ms_timespec(timeout_ms);
         rc = io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, &ts, NULL);
     }
     w->now = lk_now_ns();
